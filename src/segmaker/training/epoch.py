@@ -1,0 +1,157 @@
+"""One training epoch over the devices: split each batch, forward, loss, backward, step; progress lines."""
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator, List, Optional, Tuple
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+
+from segmaker.training.schedule import LearningRateSchedule
+
+log = logging.getLogger(__name__)
+
+IGNORE = 255
+GLUONCV_IGNORE = -1
+PROGRESS_EVERY_SECONDS = 30.0
+
+Batch = Tuple[np.ndarray, np.ndarray]  # images N x 3 x H x W float32, masks N x H x W uint8 (255 = ignore)
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    iterations: int
+    images: int
+    loss_sum: float
+    seconds: float
+    last_lr: float
+    stopped: bool
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(1, self.iterations)
+
+    @property
+    def throughput(self) -> float:
+        return self.images / max(self.seconds, 1e-9)
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """Which iterations of which epoch to run: a resumed epoch runs only the ones it still lacks."""
+
+    epoch: int
+    first_iteration: int
+    iterations: int
+    iterations_per_epoch: int
+
+
+def loss_labels(masks: np.ndarray) -> np.ndarray:
+    """Masks as the float labels GluonCV's loss wants: ignore 255 becomes -1."""
+    labels = masks.astype(np.float32)
+    labels[masks == IGNORE] = GLUONCV_IGNORE
+    return labels
+
+
+def train_one_epoch(
+    net: gluon.Block,
+    trainer: gluon.Trainer,
+    loss_fn: gluon.loss.Loss,
+    batches: Iterable[Batch],
+    contexts: List[mx.Context],
+    schedule: LearningRateSchedule,
+    plan: EpochPlan,
+    stop_requested: threading.Event,
+    dtype: str = "float32",
+) -> EpochStats:
+    """Run `plan.iterations` steps (fewer if the data ends or a stop is requested)."""
+    progress = _Progress(plan)
+    pending: Optional[List[mx.nd.NDArray]] = None
+    loss_sum, images, done, lr = 0.0, 0, 0, schedule.at(plan.first_iteration)
+    for done, (batch_images, batch_masks) in enumerate(_limited(batches, plan.iterations), start=1):
+        lr = schedule.at(plan.first_iteration + done - 1)
+        trainer.set_learning_rate(lr)
+        losses = _step(net, trainer, loss_fn, batch_images, batch_masks, contexts, dtype)
+        # Reading the previous step's loss here (not this one's) keeps the device one step ahead of Python.
+        if pending is not None:
+            loss_sum += progress.record(_batch_loss(pending), images)
+        pending, images = losses, images + len(batch_images)
+        if stop_requested.is_set():
+            break
+    if pending is not None:
+        loss_sum += progress.record(_batch_loss(pending), images)
+    mx.nd.waitall()
+    return EpochStats(done, images, loss_sum, progress.elapsed(), lr, stop_requested.is_set())
+
+
+def _step(net, trainer, loss_fn, batch_images, batch_masks, contexts, dtype) -> List[mx.nd.NDArray]:
+    data = gluon.utils.split_and_load(batch_images.astype(dtype, copy=False), contexts, even_split=False)
+    labels = gluon.utils.split_and_load(loss_labels(batch_masks), contexts, even_split=False)
+    with autograd.record():
+        losses = [loss_fn(*net(x), y) for x, y in zip(data, labels)]
+    autograd.backward(losses)
+    trainer.step(len(batch_images))
+    return losses
+
+
+def _batch_loss(losses: List[mx.nd.NDArray]) -> float:
+    total = sum(float(loss.sum().asscalar()) for loss in losses)
+    count = sum(loss.shape[0] for loss in losses)
+    return total / max(1, count)
+
+
+def _limited(batches: Iterable[Batch], count: int) -> Iterator[Batch]:
+    for index, batch in enumerate(batches):
+        if index >= count:
+            return
+        yield batch
+
+
+class _Progress:
+    """Logs `iteration i/n, loss, images/s, ETA` every PROGRESS_EVERY_SECONDS (and for the first step)."""
+
+    def __init__(self, plan: EpochPlan):
+        self.plan = plan
+        self.started = time.monotonic()
+        self.last_logged: Optional[float] = None
+        self.steps = 0
+        self.window_loss = 0.0
+        self.window_steps = 0
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def record(self, loss: float, images_done: int) -> float:
+        self.steps += 1
+        self.window_loss += loss
+        self.window_steps += 1
+        now = time.monotonic()
+        is_last = self.steps == self.plan.iterations
+        if self.last_logged is None or is_last or now - self.last_logged >= PROGRESS_EVERY_SECONDS:
+            self._log(images_done, now)
+        return loss
+
+    def _log(self, images_done: int, now: float) -> None:
+        elapsed = now - self.started
+        rate = images_done / max(elapsed, 1e-9)
+        remaining = (self.plan.iterations - self.steps) * elapsed / max(1, self.steps)
+        position = self.plan.iterations_per_epoch - self.plan.iterations + self.steps
+        log.info(
+            "epoch %d iteration %d/%d: loss %.4f, %.2f images/s, ETA %s",
+            self.plan.epoch,
+            position,
+            self.plan.iterations_per_epoch,
+            self.window_loss / self.window_steps,
+            rate,
+            _duration(remaining),
+        )
+        self.last_logged, self.window_loss, self.window_steps = now, 0.0, 0
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"

@@ -92,16 +92,19 @@ def encode_mask(mask: np.ndarray, mode: str = "L") -> bytes:
 
 def _mask_picture(mask: np.ndarray, mode: str) -> Image.Image:
     if mode == "L":
-        return Image.fromarray(mask, mode="L")
+        return Image.fromarray(mask)
     if mode == "P":
-        picture = Image.fromarray(mask, mode="P")
-        picture.putpalette([channel for colour in CLASS_COLOURS for channel in colour])
+        picture = Image.fromarray(mask)
+        # putpalette turns the L image into a P image whose indices are the class ids. A full 256-colour
+        # palette: with a short one PIL writes fewer bits per pixel and index 255 (ignore) would wrap.
+        colours = [channel for colour in CLASS_COLOURS for channel in colour]
+        picture.putpalette(colours + [128] * (768 - len(colours)))
         return picture
     if mode == "RGB":
         palette = np.zeros((256, 3), dtype=np.uint8)
         palette[: len(CLASS_COLOURS)] = CLASS_COLOURS
         palette[IGNORE] = (128, 128, 128)
-        return Image.fromarray(palette[mask], mode="RGB")
+        return Image.fromarray(palette[mask])
     raise ValueError(f"mask mode must be one of {MASK_MODES}")
 
 

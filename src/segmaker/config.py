@@ -189,7 +189,7 @@ def epoch_list(value: object) -> Tuple[int, ...]:
         epochs = tuple(_integer(item) for item in items if _as_text(item))
     except _Invalid:
         raise _Invalid(allowed) from None
-    if not epochs or min(epochs) < 1:
+    if epochs and min(epochs) < 1:
         raise _Invalid(allowed)
     return tuple(sorted(epochs))
 
@@ -252,8 +252,8 @@ def parse_hyperparameters(raw: Mapping[str, object]) -> TrainingConfig:
             values[key] = PARSERS[key](value)
         except _Invalid as exc:
             problems.append(f"{key} = {value!r}: must be {exc}")
-    given = {key for key in raw if key in PARSERS and raw[key] is not None}
-    problems.extend(_missing_required(values, given))
+    invalid = {key for key in raw if key in PARSERS and raw[key] is not None and key not in values}
+    problems.extend(_missing_required(values, invalid))
     if problems:
         raise UserError("invalid hyperparameters:\n  - " + "\n  - ".join(problems))
     return TrainingConfig(**values)
@@ -265,12 +265,16 @@ def _unknown_key_problem(key: str) -> str:
     return f"unknown hyperparameter {key!r}{hint}"
 
 
-def _missing_required(values: Mapping[str, object], given: Set[str]) -> List[str]:
-    """Required keys that were not given at all (a given but invalid value is already reported)."""
+def _missing_required(values: Mapping[str, object], invalid: Set[str]) -> List[str]:
+    """Required values that are absent (an `invalid` one is already reported as such)."""
     problems = []
-    if "num_classes" not in given:
+    if "num_classes" not in values and "num_classes" not in invalid:
         problems.append("num_classes is required: an integer in [2, 254] (the classes, background included)")
-    if values.get("lr_scheduler") == "step" and "lr_scheduler_step" not in given:
+    if (
+        values.get("lr_scheduler") == "step"
+        and not values.get("lr_scheduler_step")
+        and "lr_scheduler_step" not in invalid
+    ):
         problems.append(
             'lr_scheduler_step is required with lr_scheduler = "step": comma-separated epochs, e.g. "10,20"'
         )

@@ -1,0 +1,190 @@
+"""Request decoding and response encoding, one function per MIME type (sagemaker-inference-toolkit shape).
+
+DECODERS map a request Content-Type to `decode(body, max_pixels) -> H x W x 3 uint8 RGB`. All three
+accepted types sniff the bytes, so a PNG sent as image/jpeg still works; only JPEG and PNG are decoded.
+The pixel count is read from the image header and refused (413) before any pixel is decoded, so a
+decompression bomb costs nothing.
+
+ENCODERS map an Accept type to an `Encoder`: whether it needs class probabilities (C x H x W float32)
+or only the mask (H x W uint8 class ids), and the function producing the response body:
+
+- image/png (the default): an 8-bit single-channel PNG of class ids, same H x W as the input.
+- application/x-recordio-protobuf, application/x-protobuf: the built-in algorithm's answer, one
+  RecordIO-wrapped `aialgs.data.Record` with features `target` (float32, the probabilities, C-major) and
+  `shape` (int32, [1, C, H, W]).
+- application/json: the mask, run-length encoded over its row-major pixels:
+      {"shape": [H, W], "class_names": [...],
+       "mask_rle": {"values": [class ids], "lengths": [run lengths]}}
+  `numpy.repeat(values, lengths).reshape(H, W)` restores the mask; the lengths sum to H * W.
+
+Adding a format is one function and one dict entry; the lists of supported types in error messages
+come from the dicts' keys.
+"""
+
+import io
+import json
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+from segmaker.errors import BadRequest, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
+from segmaker.serving.protobuf import recordio_protobuf
+
+DEFAULT_ACCEPT = "image/png"
+_SNIFFED_FORMATS = ("JPEG", "PNG")
+# PNG level 1 is several times faster than the default 6 and class-id masks still compress well.
+_PNG_COMPRESS_LEVEL = 1
+
+
+def media_type(header: Optional[str]) -> str:
+    """The bare, lower-case MIME type of a header value: parameters such as `; charset=…` are dropped."""
+    return (header or "").split(";", 1)[0].strip().lower()
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+
+
+def decode_image(body: bytes, max_pixels: int) -> np.ndarray:
+    """JPEG or PNG bytes (sniffed) -> H x W x 3 uint8 RGB; 400 if undecodable, 413 if too many pixels."""
+    if not body:
+        raise BadRequest("the request body is empty: send a JPEG or PNG image")
+    picture = _open_header(body)
+    width, height = picture.size
+    if width * height > max_pixels:
+        raise PayloadTooLarge(f"the image has {width}x{height} = {width * height} pixels, "
+                              f"more than the limit of {max_pixels}")
+    try:
+        picture.load()
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise BadRequest(f"the {picture.format} image cannot be decoded: {exc}") from None
+    return np.asarray(picture.convert("RGB"))
+
+
+def _open_header(body: bytes) -> Image.Image:
+    """Parse only the header (PIL decodes pixels lazily); refuse what is neither JPEG nor PNG."""
+    try:
+        return Image.open(io.BytesIO(body), formats=_SNIFFED_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise PayloadTooLarge(f"the image has too many pixels: {exc}") from None
+    except (OSError, ValueError, SyntaxError):
+        raise BadRequest(f"the body ({len(body)} bytes, starting {body[:8]!r}) is not a JPEG or PNG image"
+                         ) from None
+
+
+DECODERS: Dict[str, Callable[[bytes, int], np.ndarray]] = {
+    "image/jpeg": decode_image,
+    "image/png": decode_image,
+    "application/x-image": decode_image,
+}
+
+
+def decoder_for(content_type_header: Optional[str]) -> Callable[[bytes, int], np.ndarray]:
+    """The decoder for a Content-Type header, or 415 naming the supported types."""
+    content_type = media_type(content_type_header)
+    decoder = DECODERS.get(content_type)
+    if decoder is None:
+        raise UnsupportedMediaType("Content-Type {!r} is not supported; use one of: {}"
+                                   .format(content_type or "(none)", ", ".join(DECODERS)))
+    return decoder
+
+
+# ---------------------------------------------------------------------------------------------- encoding
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """How to answer in one format: from class probabilities (C x H x W) or from the mask (H x W)."""
+
+    needs_probabilities: bool
+    encode: Callable[[np.ndarray, Sequence[str]], bytes]
+
+
+def encode_png(mask: np.ndarray, class_names: Sequence[str]) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(mask, dtype=np.uint8), mode="L").save(
+        buffer, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
+def encode_recordio_protobuf(probabilities: np.ndarray, class_names: Sequence[str]) -> bytes:
+    shape = np.array((1,) + tuple(probabilities.shape), dtype=np.int32)
+    return recordio_protobuf({"target": probabilities.astype(np.float32, copy=False), "shape": shape})
+
+
+def run_lengths(mask: np.ndarray) -> Tuple[List[int], List[int]]:
+    """(values, lengths) of the runs of equal values in the row-major flattened mask."""
+    flat = np.asarray(mask).ravel()
+    if flat.size == 0:
+        return [], []
+    starts = np.flatnonzero(np.concatenate(([True], flat[1:] != flat[:-1])))
+    lengths = np.diff(np.append(starts, flat.size))
+    return flat[starts].tolist(), lengths.tolist()
+
+
+def encode_json(mask: np.ndarray, class_names: Sequence[str]) -> bytes:
+    values, lengths = run_lengths(mask)
+    document = {"shape": list(mask.shape), "class_names": list(class_names),
+                "mask_rle": {"values": values, "lengths": lengths}}
+    return json.dumps(document, separators=(",", ":")).encode("utf-8")
+
+
+ENCODERS: Dict[str, Encoder] = {
+    "image/png": Encoder(needs_probabilities=False, encode=encode_png),
+    "application/x-recordio-protobuf": Encoder(needs_probabilities=True, encode=encode_recordio_protobuf),
+    "application/x-protobuf": Encoder(needs_probabilities=True, encode=encode_recordio_protobuf),
+    "application/json": Encoder(needs_probabilities=False, encode=encode_json),
+}
+
+
+# --------------------------------------------------------------------------------- content negotiation
+
+
+def _accept_ranges(header: str) -> List[Tuple[str, float]]:
+    """(media range, q) for each entry of an Accept header; malformed q values count as 1."""
+    ranges = []
+    for entry in header.split(","):
+        parts = [part.strip() for part in entry.split(";")]
+        if not parts[0]:
+            continue
+        quality = 1.0
+        for parameter in parts[1:]:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 1.0
+        ranges.append((parts[0].lower(), quality))
+    return ranges
+
+
+def _quality(candidate: str, ranges: List[Tuple[str, float]]) -> float:
+    """q of the most specific range matching `candidate` (exact > type/* > */*); 0 when none matches."""
+    best_specificity, best_quality = -1, 0.0
+    kind = candidate.split("/", 1)[0]
+    for media_range, quality in ranges:
+        specificity = {candidate: 2, kind + "/*": 1, "*/*": 0, "*": 0}.get(media_range, -1)
+        if specificity > best_specificity:
+            best_specificity, best_quality = specificity, quality
+    return best_quality
+
+
+def negotiate(accept_header: Optional[str]) -> str:
+    """The supported type the Accept header prefers (ties go to the order of ENCODERS); 406 if none."""
+    ranges = _accept_ranges(accept_header or "")
+    if not ranges:
+        return DEFAULT_ACCEPT
+    scored = [(_quality(candidate, ranges), -order, candidate) for order, candidate in enumerate(ENCODERS)]
+    quality, _, best = max(scored)
+    if quality <= 0:
+        raise NotAcceptable("Accept {!r} matches no supported type; use one of: {}"
+                            .format(accept_header, ", ".join(ENCODERS)))
+    return best
+
+
+def encoder_for(accept_header: Optional[str]) -> Tuple[str, Encoder]:
+    """The response MIME type and its encoder for an Accept header."""
+    chosen = negotiate(accept_header)
+    return chosen, ENCODERS[chosen]

@@ -72,8 +72,11 @@ def random_crop(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, s
 
 def normalize(image: np.ndarray) -> np.ndarray:
     """HxWx3 uint8 RGB -> 3xHxW float32 with ImageNet mean/std (on 0..1 values)."""
-    chw = np.asarray(image, dtype=np.float32).transpose(2, 0, 1)
-    return chw * _NORM_SCALE - _NORM_OFFSET
+    # Copy to CHW first so the result is C-contiguous (batches stack and pickle without another copy).
+    chw = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+    chw *= _NORM_SCALE
+    chw -= _NORM_OFFSET
+    return chw
 
 
 @dataclass(frozen=True)

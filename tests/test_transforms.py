@@ -1,0 +1,110 @@
+import numpy as np
+import pytest
+
+from segmaker.transforms import (
+    IGNORE,
+    MEAN,
+    STD,
+    eval_transform,
+    normalize,
+    pad_to,
+    random_crop,
+    random_flip,
+    random_rescale,
+    train_transform,
+)
+from tests.synthetic import CLASS_COLOURS, make_sample, random_size
+
+COLOURS = np.array(CLASS_COLOURS[:3], dtype=np.int32)
+
+
+def synthetic(seed: int, num_classes: int = 3):
+    rng = np.random.default_rng(seed)
+    return make_sample(rng, *random_size(rng), num_classes)
+
+
+def colour_agreement(image: np.ndarray, mask: np.ndarray) -> float:
+    """Share of non-ignore mask pixels whose image colour is closest to their class's colour."""
+    distances = ((image[:, :, None, :].astype(np.int32) - COLOURS[None, None]) ** 2).sum(axis=-1)
+    keep = mask != IGNORE
+    return float((distances.argmin(axis=-1)[keep] == mask[keep]).mean())
+
+
+def test_training_augmentation_keeps_image_and_mask_aligned():
+    transform = train_transform(base_size=64, crop_size=48)
+    augmented = [transform.augment(*synthetic(seed), np.random.default_rng(seed)) for seed in range(20)]
+    # Bilinear resampling blends colours only along shape borders; a misaligned mask fails by far.
+    assert min(colour_agreement(image, mask) for image, mask in augmented) > 0.98
+    shifted = np.mean([colour_agreement(image, np.roll(mask, 3, axis=0)) for image, mask in augmented])
+    assert shifted < 0.97  # the check above has teeth
+
+
+def test_flip_moves_image_and_mask_together():
+    image, mask = synthetic(1)
+    flips = [random_flip(image, mask, np.random.default_rng(seed)) for seed in range(8)]
+    assert any(np.array_equal(m, mask[:, ::-1]) for _, m in flips) and any(m is mask for _, m in flips)
+    for flipped_image, flipped_mask in flips:
+        expected = image[:, ::-1] if flipped_mask is not mask else image
+        assert np.array_equal(flipped_image, expected)
+
+
+def test_rescale_puts_the_long_side_in_half_to_twice_base_size():
+    image, mask = synthetic(2)
+    for seed in range(20):
+        scaled_image, scaled_mask = random_rescale(image, mask, np.random.default_rng(seed), base_size=40)
+        assert 20 <= max(scaled_mask.shape) <= 80 and scaled_image.shape[:2] == scaled_mask.shape
+        ratio = (scaled_mask.shape[0] / scaled_mask.shape[1]) / (mask.shape[0] / mask.shape[1])
+        assert ratio == pytest.approx(1.0, rel=0.1)
+        assert set(np.unique(scaled_mask)) <= set(np.unique(mask))  # nearest: no blended class ids
+
+
+def test_pad_fills_mask_with_ignore_and_image_with_the_mean_colour():
+    image, mask = synthetic(3)
+    padded_image, padded_mask = pad_to(image, mask, 128)
+    height, width = mask.shape
+    assert padded_mask.shape == (128, 128) and padded_image.shape == (128, 128, 3)
+    assert np.array_equal(padded_mask[:height, :width], mask) and np.array_equal(
+        padded_image[:height, :width], image
+    )
+    assert (padded_mask[height:] == IGNORE).all() and (padded_mask[:, width:] == IGNORE).all()
+    assert np.abs(normalize(padded_image)[:, -1, -1]).max() < 0.02  # the padding normalises to ~0
+
+
+def test_crop_is_square_and_inside():
+    image, mask = pad_to(*synthetic(4), 32)
+    for seed in range(10):
+        cropped_image, cropped_mask = random_crop(image, mask, np.random.default_rng(seed), 32)
+        assert cropped_image.shape == (32, 32, 3) and cropped_mask.shape == (32, 32)
+
+
+def test_train_transform_outputs_normalised_float_chw_and_uint8_masks():
+    transform = train_transform(base_size=64, crop_size=40)
+    image, mask = transform(*synthetic(5), np.random.default_rng(0))
+    assert image.shape == (3, 40, 40) and image.dtype == np.float32 and image.flags.c_contiguous
+    assert mask.shape == (40, 40) and mask.dtype == np.uint8 and mask.flags.c_contiguous
+    assert set(np.unique(mask)) <= {0, 1, 2, IGNORE}
+
+
+def test_same_generator_seed_same_result_and_different_seeds_differ():
+    transform = train_transform(base_size=64, crop_size=32)
+    sample = synthetic(6)
+    first = transform(*sample, np.random.default_rng(7))
+    again = transform(*sample, np.random.default_rng(7))
+    other = transform(*sample, np.random.default_rng(8))
+    assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
+    assert not np.array_equal(first[0], other[0])
+
+
+def test_normalize_uses_imagenet_mean_and_std():
+    image = np.zeros((2, 3, 3), dtype=np.uint8)
+    image[..., 0], image[..., 1], image[..., 2] = 255, 0, 128
+    out = normalize(image)
+    assert out.shape == (3, 2, 3) and out.dtype == np.float32
+    expected = [(1.0 - MEAN[0]) / STD[0], (0.0 - MEAN[1]) / STD[1], (128 / 255 - MEAN[2]) / STD[2]]
+    assert out[:, 1, 2] == pytest.approx(expected, abs=1e-5)
+
+
+def test_eval_transform_keeps_the_resolution():
+    image, mask = synthetic(7)
+    normalised, same_mask = eval_transform(image, mask)
+    assert normalised.shape == (3,) + mask.shape and same_mask is mask

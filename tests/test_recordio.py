@@ -114,16 +114,18 @@ def _split_sizes(payload: bytes, cuts: List[int]) -> Optional[List[int]]:
 
 @settings(max_examples=150, deadline=None)
 @given(records=record_lists, chunk_size=st.integers(8, 64), step=st.integers(1, 50))
-def test_reader_reads_what_the_independent_encoder_wrote(records: List[Tuple[bytes, List[int]]], chunk_size,
-                                                         step):
+def test_reader_reads_what_the_independent_encoder_wrote(
+    records: List[Tuple[bytes, List[int]]], chunk_size, step
+):
     data = b"".join(encode_record(p, _split_sizes(p, cuts)) for p, cuts in records)
     got = [r.payload for r in read_records(TrickleReader(data, step), chunk_size=chunk_size)]
     assert got == [p for p, _ in records]
 
 
 @settings(max_examples=150, deadline=None)
-@given(payloads=st.lists(st.binary(max_size=100), max_size=6),
-       max_part=st.one_of(st.none(), st.integers(1, 40)))
+@given(
+    payloads=st.lists(st.binary(max_size=100), max_size=6), max_part=st.one_of(st.none(), st.integers(1, 40))
+)
 def test_writer_output_matches_the_independent_encoder(payloads, max_part):
     out = io.BytesIO()
     sizes = [write_record(out, p, max_part=max_part) for p in payloads]
@@ -212,3 +214,11 @@ def test_records_before_an_error_are_still_delivered():
     assert next(records).payload == b"good" and next(records).payload == b"also good!"
     with pytest.raises(DataError, match="bad magic"):
         next(records)
+
+
+def test_reading_leaves_the_callers_stream_open():
+    raw = TrickleReader(encode_record(b"one") + encode_record(b"two"), step=64)
+    records = read_records(raw)
+    assert next(records).payload == b"one"
+    records.close()  # stopping early
+    assert not raw.closed

@@ -74,13 +74,14 @@ class _Input:
 
     def release(self) -> None:
         """Let go of our wrapper without closing the caller's stream."""
-        if self._wrapped:
+        if self._wrapped and not self._file.closed:  # closed: the caller closed its stream already
             self._file.detach()
             self._wrapped = False
 
 
-def read_records(fileobj: BinaryIO, *, source: str = "stream", chunk_size: int = DEFAULT_CHUNK_SIZE
-                 ) -> Iterator[Record]:
+def read_records(
+    fileobj: BinaryIO, *, source: str = "stream", chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> Iterator[Record]:
     """Yield the logical records of a RecordIO stream, joining split records.
 
     `source` names the stream in errors (e.g. the FIFO's path). Every framing problem is a DataError
@@ -101,8 +102,12 @@ def _records(stream: "_Input", source: str) -> Iterator[Record]:
         part = _read_part(stream, source, index)
         if part is None:
             if parts:
-                raise _error(source, index, record_offset,
-                             "the stream ends inside a split record (its last part, cflag 3, is missing)")
+                raise _error(
+                    source,
+                    index,
+                    record_offset,
+                    "the stream ends inside a split record (its last part, cflag 3, is missing)",
+                )
             return
         cflag, part_offset, payload = part
         _check_cflag_sequence(cflag, bool(parts), source, index, part_offset, record_offset)
@@ -122,35 +127,52 @@ def _read_part(stream: _Input, source: str, index: int) -> Optional[Tuple[int, i
     if not header:
         return None
     if len(header) < HEADER.size:
-        raise _error(source, index, offset,
-                     f"the stream ends inside a record header ({len(header)} of 8 bytes)")
+        raise _error(
+            source, index, offset, f"the stream ends inside a record header ({len(header)} of 8 bytes)"
+        )
     magic, flag_and_length = HEADER.unpack(header)
     if magic != MAGIC:
-        raise _error(source, index, offset, f"bad magic number 0x{magic:08X} (expected 0x{MAGIC:08X}): "
-                     "not RecordIO, or the stream is out of step")
+        raise _error(
+            source,
+            index,
+            offset,
+            f"bad magic number 0x{magic:08X} (expected 0x{MAGIC:08X}): "
+            "not RecordIO, or the stream is out of step",
+        )
     cflag, length = flag_and_length >> 29, flag_and_length & MAX_PART_LENGTH
     payload = stream.read(length)
     if len(payload) < length:
-        raise _error(source, index, offset,
-                     f"the stream ends inside the payload ({len(payload)} of {length} bytes)")
+        raise _error(
+            source, index, offset, f"the stream ends inside the payload ({len(payload)} of {length} bytes)"
+        )
     padding = _padded(length) - length
     if padding and len(stream.read(padding)) < padding:
         raise _error(source, index, offset, "the stream ends inside the padding after the payload")
     return cflag, offset, payload
 
 
-def _check_cflag_sequence(cflag: int, inside_split: bool, source: str, index: int, part_offset: int,
-                          record_offset: int) -> None:
+def _check_cflag_sequence(
+    cflag: int, inside_split: bool, source: str, index: int, part_offset: int, record_offset: int
+) -> None:
     """Whole/first parts may only start a record; middle/last parts may only continue a split one."""
     if cflag not in _CFLAG_NAMES:
         raise _error(source, index, part_offset, f"invalid cflag {cflag} (allowed: 0 to 3)")
     name = _CFLAG_NAMES[cflag]
     if inside_split and cflag in (CFLAG_WHOLE, CFLAG_FIRST):
-        raise _error(source, index, part_offset, f"a {name} (cflag {cflag}) inside the split record that "
-                     f"started at byte offset {record_offset}; its last part (cflag 3) is missing")
+        raise _error(
+            source,
+            index,
+            part_offset,
+            f"a {name} (cflag {cflag}) inside the split record that "
+            f"started at byte offset {record_offset}; its last part (cflag 3) is missing",
+        )
     if not inside_split and cflag in (CFLAG_MIDDLE, CFLAG_LAST):
-        raise _error(source, index, part_offset,
-                     f"a {name} (cflag {cflag}) of a split record without its first part (cflag 1)")
+        raise _error(
+            source,
+            index,
+            part_offset,
+            f"a {name} (cflag {cflag}) of a split record without its first part (cflag 1)",
+        )
 
 
 def _error(source: str, index: int, offset: int, problem: str) -> DataError:

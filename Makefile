@@ -27,3 +27,24 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
+
+# ---- the image (docs/IMAGE.md) ----
+# WEIGHTS=bake bakes the ImageNet backbone weights in (needs their download URL reachable; not here).
+WEIGHTS ?= skip
+.PHONY: base-image image demo sdk-env
+
+# A minimal Debian base made locally with debootstrap (reused when present), for engines without Docker Hub.
+base-image:
+	docker/make_base_image.sh
+
+# The CPU image, tagged segmaker:cpu. The GPU one: docker/build_image.sh --gpu (docs/IMAGE.md).
+image: base-image
+	docker/build_image.sh --cpu --weights $(WEIGHTS) --tag segmaker:cpu
+
+# The main job in one command: build, train on local_test/test_dir, serve, predict, overlay.
+demo:
+	scripts/demo.sh
+
+# The SageMaker Python SDK's own venv (.venv-sdk): it can never share one with mxnet (numpy pins).
+sdk-env: setup
+	$(PY) -c "from tests.sdk_env import ensure_sdk_env; print(ensure_sdk_env())"

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Build the segmaker image (the one place that knows the flavours' build arguments; make image, demo.sh and
+# build_and_push.sh all call it).
+#
+#   docker/build_image.sh [--cpu|--gpu] [--tag TAG] [--base IMAGE] [--weights bake|skip]
+#                         [--extra-ca-certs FILE] [--wheelhouse] [-- DOCKER_BUILD_ARGS...]
+#
+#   --cpu              CPU flavour (mxnet); default base segmaker-base:bookworm (docker/make_base_image.sh)
+#   --gpu              GPU flavour (mxnet-cu112), the default; base nvidia/cuda:11.2.2-cudnn8-runtime-ubuntu20.04
+#   --base IMAGE       another Debian/Ubuntu base (e.g. debian:bookworm-slim where Docker Hub is reachable)
+#   --weights skip     leave out the baked ImageNet weights (default: bake; needs the weights' URL reachable)
+#   --extra-ca-certs   a PEM file of CA certificates the build must trust (TLS-inspecting proxy); defaults to
+#                      $SEGMAKER_EXTRA_CA_CERTS, else to $PIP_CERT (the bundle this host's pip trusts) if set
+#   --wheelhouse       pip-download every Python dependency on this host into container/wheelhouse/ first and
+#                      build with no package index at all
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+FLAVOUR=gpu
+TAG=""
+BASE=""
+WEIGHTS=bake
+EXTRA_CA="${SEGMAKER_EXTRA_CA_CERTS:-${PIP_CERT:-}}"
+WHEELHOUSE=0
+EXTRA_ARGS=()
+
+die() { echo "build_image: $*" >&2; exit 1; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --cpu) FLAVOUR=cpu ;;
+        --gpu) FLAVOUR=gpu ;;
+        --tag) TAG="${2:?--tag needs a value}"; shift ;;
+        --base) BASE="${2:?--base needs a value}"; shift ;;
+        --weights) WEIGHTS="${2:?--weights needs bake or skip}"; shift ;;
+        --extra-ca-certs) EXTRA_CA="${2:?--extra-ca-certs needs a file}"; shift ;;
+        --wheelhouse) WHEELHOUSE=1 ;;
+        --) shift; EXTRA_ARGS=("$@"); break ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        *) die "unknown argument $1 (see --help)" ;;
+    esac
+    shift
+done
+case "$WEIGHTS" in bake|skip) ;; *) die "--weights must be bake or skip, not $WEIGHTS" ;; esac
+
+if [ "$FLAVOUR" = cpu ]; then
+    MXNET_PACKAGE="mxnet==1.9.1"; BASE="${BASE:-segmaker-base:bookworm}"; TAG="${TAG:-segmaker:cpu}"
+else
+    MXNET_PACKAGE="mxnet-cu112==1.9.1"; BASE="${BASE:-nvidia/cuda:11.2.2-cudnn8-runtime-ubuntu20.04}"
+    TAG="${TAG:-segmaker:gpu}"
+fi
+
+CA_DIR="$REPO_ROOT/container/extra-ca-certificates"
+CA_COPY="$CA_DIR/build-host.crt"
+cleanup() { rm -f "$CA_COPY"; }
+trap cleanup EXIT
+if [ -n "$EXTRA_CA" ]; then
+    [ -r "$EXTRA_CA" ] || die "extra CA certificates file $EXTRA_CA is not readable"
+    # Lives in the build context only for this build; the Dockerfile uses it in the builder stage only.
+    cp "$EXTRA_CA" "$CA_COPY"
+fi
+
+# Wheels for the image's Python, not this host's: the GPU base (Ubuntu 20.04) has 3.8, Debian bookworm 3.11.
+fill_wheelhouse() {
+    local python_version="$1" requirements
+    requirements="$(mktemp)"
+    python3 "$REPO_ROOT/container/requirements_from_pyproject.py" "$REPO_ROOT/pyproject.toml" "$MXNET_PACKAGE" \
+        >"$requirements"
+    echo "setuptools>=64" >>"$requirements"; echo "wheel" >>"$requirements"; echo "pip>=23,<25" >>"$requirements"
+    python3 -m pip download --quiet --dest "$REPO_ROOT/container/wheelhouse" --only-binary=:all: \
+        --python-version "$python_version" --implementation cp \
+        --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+        --platform manylinux1_x86_64 --platform manylinux2010_x86_64 --platform any \
+        -r "$requirements" || { rm -f "$requirements"; die "pip download into container/wheelhouse failed"; }
+    rm -f "$requirements"
+}
+BUILD_ARGS=(--build-arg "BASE_IMAGE=$BASE" --build-arg "MXNET_PACKAGE=$MXNET_PACKAGE"
+            --build-arg "PRETRAINED_WEIGHTS=$WEIGHTS")
+if [ "$WHEELHOUSE" = 1 ]; then
+    if [ "$FLAVOUR" = cpu ]; then fill_wheelhouse 3.11; else fill_wheelhouse 3.8; fi
+    BUILD_ARGS+=(--build-arg WHEELHOUSE_ONLY=true)
+fi
+
+command -v docker >/dev/null || die "docker is not installed"
+echo "build_image: $TAG ($FLAVOUR, base $BASE, weights $WEIGHTS)"
+# The legacy builder: the engine here has no buildx. Everything secret stays in the builder stage anyway.
+DOCKER_BUILDKIT="${DOCKER_BUILDKIT:-0}" docker build --tag "$TAG" "${BUILD_ARGS[@]}" \
+    ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"} "$REPO_ROOT"

@@ -1,0 +1,207 @@
+"""The image, driven as SageMaker and users drive it: `docker run IMAGE train|serve` on an /opt/ml tree.
+
+Also the build helpers in container/ (fast tests, no Docker): the flavour's requirements and the weight fetch.
+"""
+
+import io
+import json
+import threading
+import time
+import zipfile
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.docker_helpers import (
+    REPO_ROOT,
+    container_logs,
+    docker_run_args,
+    ensure_cpu_image,
+    free_port,
+    http_request,
+    remove_container,
+    run,
+    wait_until_pinged,
+)
+from tests.synthetic import encode_image, make_sample, write_opt_ml
+
+MAX_CPU_IMAGE_BYTES = 1.5e9
+# Small and quick on two shared CPU cores, but a real network and a real epoch with validation.
+TINY_TRAINING = {
+    "use_pretrained_model": "False",
+    "algorithm": "fcn",
+    "epochs": "1",
+    "crop_size": "32",
+    "base_size": "48",
+    "mini_batch_size": "2",
+    "validation_mini_batch_size": "2",
+}
+
+# ---- the container/ build helpers (no Docker) ----
+
+
+def _load_container_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "container" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_requirements_swap_mxnet_and_keep_the_rest():
+    requirements = _load_container_script("requirements_from_pyproject")
+    dependencies = ["MXNet==1.9.1", "gluoncv==0.10.5.post0", "numpy==1.23.5", "mxnet_extra>=1"]
+    assert requirements.image_requirements(dependencies, "mxnet-cu112==1.9.1") == [
+        "mxnet-cu112==1.9.1",
+        "gluoncv==0.10.5.post0",
+        "numpy==1.23.5",
+        "mxnet_extra>=1",
+    ]
+    with pytest.raises(ValueError, match="no mxnet dependency"):
+        requirements.image_requirements(["numpy==1.23.5"], "mxnet-cu112==1.9.1")
+
+
+def test_requirements_script_reads_this_projects_pyproject(capsys):
+    requirements = _load_container_script("requirements_from_pyproject")
+    assert requirements.main(["x", str(REPO_ROOT / "pyproject.toml"), "mxnet==1.9.1"]) == 0
+    lines = capsys.readouterr().out.split()
+    assert lines[0] == "mxnet==1.9.1" and "numpy==1.23.5" in lines
+    assert sum(requirements.distribution_name(line) == "mxnet" for line in lines) == 1
+
+
+@pytest.fixture
+def fake_model_repo(tmp_path: Path) -> Iterator[str]:
+    """An HTTP model repository whose resnet50_v1s zip holds bytes with the wrong SHA-1."""
+    folder = tmp_path / "repo" / "gluon" / "models"
+    folder.mkdir(parents=True)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("resnet50_v1s-25a187fa.params", b"not the real weights")
+    (folder / "resnet50_v1s-25a187fa.zip").write_bytes(buffer.getvalue())
+    handler = partial(SimpleHTTPRequestHandler, directory=str(tmp_path / "repo"))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_weight_fetch_refuses_a_file_with_the_wrong_sha1(fake_model_repo, tmp_path, capsys):
+    fetch = _load_container_script("fetch_pretrained_weights")
+    dest = tmp_path / "models"
+    assert fetch.main(["--repo-url", fake_model_repo, str(dest), "resnet50_v1s"]) == 1
+    message = capsys.readouterr().err
+    assert "resnet50_v1s" in message and "hash" in message.lower()
+    assert "PRETRAINED_WEIGHTS=skip" in message
+
+
+# ---- the image ----
+
+
+@pytest.fixture(scope="module")
+def cpu_image() -> str:
+    return ensure_cpu_image()
+
+
+def _inspect(image: str) -> dict:
+    return json.loads(run(["docker", "image", "inspect", image]).stdout)[0]
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_image_contract(cpu_image):
+    info = _inspect(cpu_image)
+    config = info["Config"]
+    assert config["Entrypoint"] == ["segmaker"]
+    assert config["Labels"]["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"
+    assert "8080/tcp" in config["ExposedPorts"]
+    assert info["Size"] <= MAX_CPU_IMAGE_BYTES, f"CPU image is {info['Size'] / 1e9:.2f} GB"
+    probe = (
+        "import os, mxnet, numpy, gluoncv, segmaker.cli;"
+        "print(mxnet.__version__, numpy.__version__, gluoncv.__version__);"
+        "print(os.path.exists('/opt/ml'), os.path.isdir(os.environ['MXNET_HOME'] + '/models'));"
+        "print(os.path.exists('/usr/local/share/ca-certificates/segmaker-extra'))"
+    )
+    probe_command = ["docker", "run", "--rm", "--entrypoint", "python", cpu_image, "-c", probe]
+    lines = run(probe_command).stdout.split("\n")
+    assert lines[0] == "1.9.1 1.23.5 0.10.5.post0"
+    assert lines[1] == "False True"  # nothing under /opt/ml (SageMaker mounts it); the weights folder exists
+    assert lines[2] == "False"  # extra CA certificates stay in the builder stage
+
+
+@pytest.fixture(scope="module")
+def trained_tree(cpu_image, tmp_path_factory) -> Path:
+    """An /opt/ml tree after `docker run -v TREE:/opt/ml IMAGE train` (one tiny epoch)."""
+    paths = write_opt_ml(tmp_path_factory.mktemp("docker_train") / "opt_ml", hyperparameters=TINY_TRAINING)
+    result = run(docker_run_args(cpu_image, "train", volumes=[f"{paths.base}:/opt/ml"]), check=False)
+    failure = paths.failure_file.read_text() if paths.failure_file.exists() else ""
+    assert result.returncode == 0, f"train exited {result.returncode}: {failure}\n{result.stderr[-4000:]}"
+    return paths.base
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_train_leaves_the_model_and_outputs(trained_tree):
+    model = trained_tree / "model"
+    for name in ("model_best.params", "model_algo-1", "hyperparams.json", "segmaker.json"):
+        assert (model / name).is_file(), f"{name} missing from {sorted(p.name for p in model.iterdir())}"
+    assert json.loads((model / "segmaker.json").read_text())["num_classes"] == 3
+    assert any((trained_tree / "output" / "data").iterdir())
+    assert not (trained_tree / "output" / "failure").exists()
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_train_user_error_is_a_failure_reason(cpu_image, tmp_path):
+    paths = write_opt_ml(tmp_path / "opt_ml", train=2, validation=1, hyperparameters={"num_clases": "3"})
+    result = run(docker_run_args(cpu_image, "train", volumes=[f"{paths.base}:/opt/ml"]), check=False)
+    assert result.returncode != 0
+    reason = paths.failure_file.read_text()
+    assert "num_clases" in reason and "num_classes" in reason
+    assert "Traceback" not in reason
+
+
+@pytest.fixture
+def server(cpu_image, trained_tree) -> Iterator[dict]:
+    """`docker run -p PORT:8080 IMAGE serve` on the trained model, mounted read-only as SageMaker does."""
+    name = f"segmaker-test-serve-{free_port()}"
+    port = free_port()
+    run(["docker", "run", "-d", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:8080",
+         "-v", f"{trained_tree / 'model'}:/opt/ml/model:ro", cpu_image, "serve"])
+    try:
+        wait_until_pinged(port, timeout=180, container=name)
+        yield {"name": name, "port": port}
+    finally:
+        remove_container(name)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_serve_answers_ping_and_returns_a_same_size_png(server):
+    image, _ = make_sample(np.random.default_rng(5), 45, 70, 3)
+    status, headers, body = http_request(
+        server["port"], "POST", "/invocations", encode_image(image),
+        {"Content-Type": "image/jpeg", "Accept": "image/png"},
+    )
+    assert status == 200, (body[:500], container_logs(server["name"]))
+    assert headers["Content-Type"].startswith("image/png")
+    mask = Image.open(io.BytesIO(body))
+    assert mask.size == (70, 45) and mask.mode in ("L", "P")
+    assert int(np.asarray(mask).max()) < 3
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_docker_stop_ends_the_server_promptly(server):
+    started = time.monotonic()
+    run(["docker", "stop", "--time", "30", server["name"]], timeout=60)
+    elapsed = time.monotonic() - started
+    # A shell entrypoint or a server ignoring SIGTERM would take the full 30 s grace period.
+    assert elapsed < 10, f"docker stop took {elapsed:.1f} s"

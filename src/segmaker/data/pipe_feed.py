@@ -156,9 +156,19 @@ def feed_epochs(
     for epoch in range(options.epochs):
         fifo = paths.pipe_path(options.channel, epoch)
         make_fifo(fifo)
-        with open_writer(fifo, options.reader_wait_seconds) as stream:
+        stream = open_writer(fifo, options.reader_wait_seconds)
+        try:
             written = write_epoch(stream, lines, fetcher, options, source)
+        finally:
+            _close_writer(stream)
         log.info("%s: %s", fifo.name, written)
+
+
+def _close_writer(stream: BinaryIO) -> None:
+    try:
+        stream.close()
+    except BrokenPipeError:
+        pass  # the reader left early: what was still buffered has nobody to go to (the FIFO is closed anyway)
 
 
 def write_epoch(

@@ -37,8 +37,8 @@ manifest="$WORK_DIR/train.manifest.jsonl"
 "$PYTHON" -m segmaker.data.pipe_feed make-manifest --images "$images" --masks "$masks" \
     --label-attribute segmentation-ref -o "$manifest"
 
-# Before the container starts: inputdataconfig.json gets the train channel in Pipe mode (and loses
-# train_annotation), and hyperparameters.json num_training_samples (Pipe mode needs it: the stream has no
+# Before the container starts: inputdataconfig.json gets the train channel in Pipe mode (the other
+# channels stay in File mode), and hyperparameters.json num_training_samples (Pipe mode needs it: the stream has no
 # length). The number of epochs says how many FIFOs to feed.
 epochs="$("$PYTHON" - "$OPT_ML" "$manifest" <<'EOF'
 import json, sys
@@ -46,13 +46,7 @@ from pathlib import Path
 from segmaker.data.pipe_feed import write_pipe_input_config
 from segmaker.environment import Paths
 paths, manifest = Paths(Path(sys.argv[1])), Path(sys.argv[2])
-if not paths.input_data_config_file.exists():  # the other channels stay in File mode
-    folders = {p.name: {"TrainingInputMode": "File"} for p in paths.data_dir.iterdir() if p.is_dir()}
-    paths.input_data_config_file.write_text(json.dumps(folders))
 write_pipe_input_config(paths, "train")
-config = json.loads(paths.input_data_config_file.read_text())
-config.pop("train_annotation", None)
-paths.input_data_config_file.write_text(json.dumps(config, indent=2))
 hp_file = paths.hyperparameters_file
 hp = json.loads(hp_file.read_text()) if hp_file.exists() else {}
 hp.setdefault("num_training_samples", str(sum(1 for l in manifest.read_text().splitlines() if l.strip())))

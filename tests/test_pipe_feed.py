@@ -225,3 +225,13 @@ def test_runs_as_a_module_and_reports_user_errors_without_a_traceback(tmp_path):
     )
     assert bad.returncode == 2
     assert "error: cannot read" in bad.stderr and "nope.jsonl" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_pipe_input_config_keeps_other_channels_in_file_mode_and_drops_the_annotation_channel(tmp_path):
+    paths = Paths(tmp_path)
+    for channel in ("train", "train_annotation", "validation", "validation_annotation"):
+        paths.channel_dir(channel).mkdir(parents=True)
+    pipe_feed.write_pipe_input_config(paths, "train")
+    channels = read_input_data_config(paths)
+    assert sorted(channels) == ["train", "validation", "validation_annotation"]
+    assert channels["train"].is_pipe and not channels["validation"].is_pipe

@@ -224,9 +224,20 @@ def open_writer(path: Path, wait_seconds: float) -> BinaryIO:
 
 
 def write_pipe_input_config(paths: Paths, channel: str) -> None:
-    """Add (or replace) the channel's Pipe-mode entry in inputdataconfig.json, keeping the other channels."""
+    """Put `channel` in Pipe mode in inputdataconfig.json; the other channels keep their entries.
+
+    Without the file, every folder under input/data becomes a File-mode entry first (that is how training
+    reads a tree without one); `<channel>_annotation` goes, since the masks now come through the stream.
+    """
     config_file = paths.input_data_config_file
-    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.exists() else {}
+    if config_file.exists():
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    else:
+        folders = (
+            sorted(p.name for p in paths.data_dir.iterdir() if p.is_dir()) if paths.data_dir.is_dir() else []
+        )
+        config = {name: {"TrainingInputMode": "File"} for name in folders}
+    config.pop(channel + "_annotation", None)
     config[channel] = dict(PIPE_CHANNEL_CONFIG)
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -224,3 +224,20 @@ def test_varint_matches_protobuf(value):
     record = record_class()
     record.features["v"].int32_tensor.values.append(value)
     assert varint(value) in record.SerializeToString()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+@pytest.mark.parametrize("keep", [0.3, 0.9, 0.99])
+def test_truncation_is_400_even_after_gluoncv_turned_on_pils_truncated_loading(fmt, keep):
+    import gluoncv.data  # noqa: F401  (sets PIL's ImageFile.LOAD_TRUNCATED_IMAGES = True)
+    from PIL import ImageFile
+
+    assert ImageFile.LOAD_TRUNCATED_IMAGES
+    body = _encoded(_photo(64, 64), fmt)
+    with pytest.raises(BadRequest, match="truncated"):
+        codecs.decode_image(body[: int(len(body) * keep)], MAX_PIXELS)
+
+
+def test_jpeg_with_trailing_bytes_after_eoi_is_accepted():
+    body = _encoded(_photo(), "JPEG") + b"camera junk"
+    assert codecs.decode_image(body, MAX_PIXELS).shape == (24, 40, 3)

@@ -34,6 +34,7 @@ from segmaker.serving.protobuf import recordio_protobuf
 
 DEFAULT_ACCEPT = "image/png"
 _SNIFFED_FORMATS = ("JPEG", "PNG")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # PNG level 1 is several times faster than the default 6 and class-id masks still compress well.
 _PNG_COMPRESS_LEVEL = 1
 
@@ -55,11 +56,46 @@ def decode_image(body: bytes, max_pixels: int) -> np.ndarray:
     if width * height > max_pixels:
         raise PayloadTooLarge(f"the image has {width}x{height} = {width * height} pixels, "
                               f"more than the limit of {max_pixels}")
+    problem = _truncation(body, picture.format)
+    if problem:
+        raise BadRequest(f"the {picture.format} image cannot be decoded: {problem}")
     try:
         picture.load()
     except (OSError, ValueError, SyntaxError) as exc:
         raise BadRequest(f"the {picture.format} image cannot be decoded: {exc}") from None
     return np.asarray(picture.convert("RGB"))
+
+
+def _truncation(body: bytes, fmt: str) -> str:
+    """Why the file is cut short, or "" when it is complete.
+
+    PIL would say so itself, but GluonCV sets PIL's process-wide LOAD_TRUNCATED_IMAGES when imported
+    (gluoncv/data/mhp.py), after which truncated files decode silently with grey filler; so the structure
+    is checked here, independently of that flag.
+    """
+    if fmt == "PNG":
+        return _png_truncation(body)
+    # A JPEG's last scan (after its last SOS marker) ends with EOI. Neither marker can occur inside
+    # entropy-coded data (0xFF is byte-stuffed there), and an EXIF thumbnail's EOI comes before the scans.
+    last_scan = body.rfind(b"\xff\xda")
+    if last_scan < 0 or body.find(b"\xff\xd9", last_scan) < 0:
+        return "the file is truncated (no end-of-image marker after the last scan)"
+    return ""
+
+
+def _png_truncation(body: bytes) -> str:
+    """Walk the PNG chunks (length, type, data, CRC) up to IEND."""
+    offset = len(_PNG_SIGNATURE)
+    while offset + 8 <= len(body):
+        length = int.from_bytes(body[offset: offset + 4], "big")
+        kind = body[offset + 4: offset + 8]
+        end = offset + 12 + length
+        if end > len(body):
+            return f"the file is truncated inside its {kind!r} chunk at byte offset {offset}"
+        if kind == b"IEND":
+            return ""
+        offset = end
+    return f"the file is truncated after {len(body)} bytes (no IEND chunk)"
 
 
 def _open_header(body: bytes) -> Image.Image:

@@ -1,0 +1,88 @@
+"""The Flask app SageMaker talks to: /ping, /invocations, /execution-parameters.
+
+`/invocations` is decode -> predict -> encode (see `codecs`). Every refusal is an `HTTPError` with its
+status, turned into `{"error": "..."}` by one handler; anything else is a bug and answers 500.
+"""
+
+import logging
+from typing import Optional
+
+from flask import Flask, Request, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from segmaker.environment import ServingSettings
+from segmaker.errors import BadRequest, HTTPError, PayloadTooLarge, ServiceUnavailable
+from segmaker.serving import codecs
+from segmaker.serving.predictor import Predictor
+
+LOG = logging.getLogger(__name__)
+
+# Probabilities are C x H x W float32 in one RecordIO record, whose length field has 29 bits (512 MiB).
+MAX_PROBABILITY_VALUES = 120_000_000
+
+
+def create_app(predictor: Predictor, settings: Optional[ServingSettings] = None,
+               workers: int = 1) -> Flask:
+    """A fresh app serving `predictor`; `workers` is what /execution-parameters reports."""
+    settings = settings or ServingSettings()
+    app = Flask(__name__)
+
+    @app.errorhandler(HTTPError)
+    def http_error(error: HTTPError) -> Response:
+        response = jsonify(error=error.message)
+        response.status_code = error.status
+        return response
+
+    @app.errorhandler(HTTPException)
+    def routing_error(error: HTTPException) -> Response:
+        # Flask's own refusals (404, 405) answer in the same JSON shape as ours.
+        response = jsonify(error=error.description)
+        response.status_code = error.code or 500
+        return response
+
+    @app.route("/ping", methods=["GET"])
+    def ping() -> Response:
+        if not predictor.ready:
+            raise ServiceUnavailable("the model is still loading")
+        return Response(status=200)
+
+    @app.route("/execution-parameters", methods=["GET"])
+    def execution_parameters() -> Response:
+        return jsonify(MaxConcurrentTransforms=workers, BatchStrategy="SINGLE_RECORD",
+                       MaxPayloadInMB=int(settings.max_payload_mb))
+
+    @app.route("/invocations", methods=["POST"])
+    def invocations() -> Response:
+        decode = codecs.decoder_for(request.headers.get("Content-Type"))
+        accept, encoder = codecs.encoder_for(request.headers.get("Accept"))
+        image = decode(read_body(request, settings.max_payload_bytes), settings.max_pixels)
+        if encoder.needs_probabilities:
+            _check_probability_size(image.shape[0] * image.shape[1], predictor.num_classes)
+            result = predictor.predict_probabilities(image)
+        else:
+            result = predictor.predict_mask(image)
+        return Response(encoder.encode(result, predictor.class_names), status=200, mimetype=accept)
+
+    return app
+
+
+def read_body(req: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past `limit` bytes without reading more than limit + 1."""
+    declared = req.content_length
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"the request body has {declared} bytes, more than the limit of {limit} "
+                              "(SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+    try:
+        body = req.stream.read(limit + 1)
+    except OSError as exc:  # client went away or sent a broken chunked body
+        raise BadRequest(f"cannot read the request body: {exc}") from None
+    if len(body) > limit:
+        raise PayloadTooLarge(f"the request body is more than the limit of {limit} bytes "
+                              "(SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+    return body
+
+
+def _check_probability_size(pixels: int, num_classes: int) -> None:
+    if pixels * num_classes > MAX_PROBABILITY_VALUES:
+        raise PayloadTooLarge(f"probabilities for {pixels} pixels x {num_classes} classes exceed "
+                              f"{MAX_PROBABILITY_VALUES} values; send a smaller image or Accept image/png")

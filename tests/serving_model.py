@@ -1,0 +1,34 @@
+"""Tiny real models for the serving tests (random weights, ResNet-50 backbone, small working size)."""
+
+import io
+from typing import Sequence
+
+import mxnet as mx
+import numpy as np
+from PIL import Image
+
+from segmaker.models import SegmentationInference, build_network
+from segmaker.serving.predictor import Predictor
+
+CLASS_NAMES = ("background", "road", "car")
+
+
+def tiny_inference(algorithm: str = "fcn", size: int = 32, num_classes: int = 3) -> SegmentationInference:
+    mx.random.seed(7)
+    net = build_network(algorithm, "resnet50", num_classes, size=size, aux=False)
+    return SegmentationInference(net, size, [mx.cpu()])
+
+
+def tiny_predictor(algorithm: str = "fcn", size: int = 32, class_names: Sequence[str] = CLASS_NAMES,
+                   warm: bool = True) -> Predictor:
+    predictor = Predictor(tiny_inference(algorithm, size, len(class_names)), class_names, "mxnet")
+    if warm:
+        predictor.warm_up()
+    return predictor
+
+
+def image_bytes(height: int, width: int, fmt: str = "JPEG", seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buffer, format=fmt)
+    return buffer.getvalue()

@@ -1,0 +1,161 @@
+"""The Flask app with a real tiny model: routes, formats, sizes, every refusal, and a fuzzer (no 5xx)."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from segmaker.data.recordio import read_records
+from segmaker.environment import ServingSettings
+from segmaker.serving.app import create_app
+from tests.serving_model import CLASS_NAMES, image_bytes, tiny_predictor
+from tests.test_codecs import _record_class
+
+SETTINGS = ServingSettings(max_payload_mb=0.5, max_pixels=400 * 400)
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return tiny_predictor("fcn", size=32)
+
+
+@pytest.fixture(scope="module")
+def client(predictor):
+    return create_app(predictor, SETTINGS, workers=3).test_client()
+
+
+def _invoke(client, body, content_type="image/jpeg", accept=None):
+    headers = {"Content-Type": content_type}
+    if accept is not None:
+        headers["Accept"] = accept
+    return client.post("/invocations", data=body, headers=headers)
+
+
+def _mask(response) -> np.ndarray:
+    picture = Image.open(io.BytesIO(response.data))
+    assert picture.mode == "L"
+    return np.asarray(picture)
+
+
+def test_ping_is_200_once_warm(client):
+    assert client.get("/ping").status_code == 200
+
+
+def test_ping_is_503_before_warm_up():
+    cold = create_app(tiny_predictor(warm=False), SETTINGS).test_client()
+    response = cold.get("/ping")
+    assert response.status_code == 503 and "loading" in response.get_json()["error"]
+
+
+def test_execution_parameters(client):
+    assert client.get("/execution-parameters").get_json() == {
+        "MaxConcurrentTransforms": 3, "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 0}
+
+
+@pytest.mark.parametrize("height, width", [(1, 1), (17, 5), (32, 32), (50, 120), (120, 7), (300, 200)])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_mask_has_the_input_size(client, height, width, fmt):
+    response = _invoke(client, image_bytes(height, width, fmt), "application/x-image")
+    assert response.status_code == 200 and response.mimetype == "image/png"
+    mask = _mask(response)
+    assert mask.shape == (height, width)
+    assert mask.max() < len(CLASS_NAMES)
+
+
+def test_png_is_the_default_for_star_accept(client):
+    response = _invoke(client, image_bytes(20, 30), accept="*/*")
+    assert response.mimetype == "image/png" and _mask(response).shape == (20, 30)
+
+
+@pytest.mark.parametrize("accept", ["application/x-recordio-protobuf", "application/x-protobuf"])
+def test_protobuf_answer_has_probabilities_agreeing_with_the_mask(client, accept):
+    body = image_bytes(21, 34, "PNG")
+    response = _invoke(client, body, "image/png", accept)
+    assert response.status_code == 200 and response.mimetype == accept
+    (record_bytes,) = (bytes(r.payload) for r in read_records(io.BytesIO(response.data)))
+    record = _record_class()()
+    record.ParseFromString(record_bytes)
+    shape = list(record.features["shape"].int32_tensor.values)
+    assert shape == [1, 3, 21, 34]
+    probabilities = np.array(record.features["target"].float32_tensor.values, np.float32).reshape(shape)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    mask = _mask(_invoke(client, body, "image/png"))
+    assert (probabilities[0].argmax(axis=0) == mask).mean() > 0.99
+
+
+def test_json_answer(client):
+    response = _invoke(client, image_bytes(9, 13), accept="application/json")
+    assert response.status_code == 200 and response.mimetype == "application/json"
+    document = json.loads(response.data)
+    assert document["shape"] == [9, 13] and document["class_names"] == list(CLASS_NAMES)
+    rle = document["mask_rle"]
+    mask = np.repeat(rle["values"], rle["lengths"]).reshape(9, 13)
+    np.testing.assert_array_equal(mask, _mask(_invoke(client, image_bytes(9, 13))))
+
+
+def test_charset_parameter_is_ignored(client):
+    assert _invoke(client, image_bytes(8, 8), "image/jpeg; charset=utf-8").status_code == 200
+
+
+@pytest.mark.parametrize("body, content_type, accept, status, message", [
+    (image_bytes(8, 8), "text/csv", None, 415, "Content-Type 'text/csv'"),
+    (image_bytes(8, 8), "image/jpeg", "text/html", 406, "Accept 'text/html'"),
+    (b"", "image/jpeg", None, 400, "empty"),
+    (b"not an image", "image/png", None, 400, "not a JPEG or PNG"),
+    (image_bytes(64, 64, "PNG")[:200], "image/png", None, 400, "cannot be decoded"),
+    (image_bytes(401, 400, "PNG"), "image/png", None, 413, "pixels"),
+    (b"\0" * 600_000, "image/png", None, 413, "limit of 524288"),
+])
+def test_refusals_carry_status_and_json_error(client, body, content_type, accept, status, message):
+    response = _invoke(client, body, content_type, accept)
+    assert response.status_code == status
+    assert message in response.get_json()["error"]
+
+
+def test_unknown_route_and_method_answer_json(client):
+    assert client.get("/nope").get_json()["error"]
+    response = client.get("/invocations")
+    assert response.status_code == 405 and response.get_json()["error"]
+
+
+def test_too_many_probabilities_is_413(predictor, monkeypatch):
+    from segmaker.serving import app as app_module
+
+    monkeypatch.setattr(app_module, "MAX_PROBABILITY_VALUES", 100)
+    client = create_app(predictor, SETTINGS).test_client()
+    response = _invoke(client, image_bytes(10, 10), accept="application/x-protobuf")
+    assert response.status_code == 413 and "Accept image/png" in response.get_json()["error"]
+
+
+VALID_BODIES = [image_bytes(12, 20, "JPEG"), image_bytes(15, 9, "PNG")]
+CONTENT_TYPES = ["image/jpeg", "image/png", "application/x-image", "text/plain", "", "image/png; x=y"]
+ACCEPTS = [None, "*/*", "image/png", "application/json", "application/x-protobuf", "text/html", ";;,q=",
+           "image/png;q=abc, */*;q=-1"]
+
+
+def _mutated(base: bytes, data) -> bytes:
+    body = bytearray(base)
+    for _ in range(data.draw(st.integers(1, 8))):
+        position = data.draw(st.integers(0, len(body) - 1))
+        body[position] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        body = body[: data.draw(st.integers(0, len(body)))]
+    return bytes(body)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzzed_invocations_never_answer_5xx(client, data):
+    if data.draw(st.booleans()):
+        body = _mutated(data.draw(st.sampled_from(VALID_BODIES)), data)
+    else:
+        body = data.draw(st.binary(max_size=200))
+    response = _invoke(client, body, data.draw(st.sampled_from(CONTENT_TYPES)),
+                       data.draw(st.sampled_from(ACCEPTS)))
+    assert response.status_code < 500, response.data
+    if response.status_code != 200:
+        assert response.get_json()["error"]

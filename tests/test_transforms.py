@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from PIL import Image
 
 from segmaker.transforms import (
     IGNORE,
@@ -8,9 +9,8 @@ from segmaker.transforms import (
     eval_transform,
     normalize,
     pad_to,
-    random_crop,
     random_flip,
-    random_rescale,
+    random_scaled_crop,
     train_transform,
 )
 from tests.synthetic import CLASS_COLOURS, make_sample, random_size
@@ -49,13 +49,33 @@ def test_flip_moves_image_and_mask_together():
 
 
 def test_rescale_puts_the_long_side_in_half_to_twice_base_size():
-    image, mask = synthetic(2)
+    image, mask = synthetic(2)  # no ignore pixels: what is not padding is the rescaled image
     for seed in range(20):
-        scaled_image, scaled_mask = random_rescale(image, mask, np.random.default_rng(seed), base_size=40)
-        assert 20 <= max(scaled_mask.shape) <= 80 and scaled_image.shape[:2] == scaled_mask.shape
-        ratio = (scaled_mask.shape[0] / scaled_mask.shape[1]) / (mask.shape[0] / mask.shape[1])
-        assert ratio == pytest.approx(1.0, rel=0.1)
-        assert set(np.unique(scaled_mask)) <= set(np.unique(mask))  # nearest: no blended class ids
+        # A crop larger than any rescaled image holds all of it, padded bottom/right with ignore.
+        _, cropped = random_scaled_crop(image, mask, np.random.default_rng(seed), base_size=40, crop_size=96)
+        rows, cols = np.nonzero(cropped != IGNORE)
+        scaled_height, scaled_width = rows.max() + 1, cols.max() + 1
+        assert 20 <= max(scaled_height, scaled_width) <= 80
+        assert (cropped[:scaled_height, :scaled_width] != IGNORE).all()
+        aspect = (scaled_height / scaled_width) / (mask.shape[0] / mask.shape[1])
+        assert aspect == pytest.approx(1.0, rel=0.1)
+        assert set(np.unique(cropped)) <= set(np.unique(mask)) | {IGNORE}  # nearest: no blended class ids
+
+
+def test_scaled_crop_equals_rescaling_everything_then_cropping():
+    image, mask = synthetic(9)
+    rng = np.random.default_rng(3)
+    cropped_image, cropped_mask = random_scaled_crop(image, mask, rng, base_size=128, crop_size=40)
+    rng = np.random.default_rng(3)  # replay the same draws on the slow path
+    long_side = int(128 * rng.uniform(0.5, 2.0) + 0.5)
+    factor = long_side / max(mask.shape)
+    size = (int(mask.shape[1] * factor + 0.5), int(mask.shape[0] * factor + 0.5))
+    full_mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+    full_image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    top, left = int(rng.integers(0, size[1] - 40 + 1)), int(rng.integers(0, size[0] - 40 + 1))
+    assert (cropped_mask == full_mask[top : top + 40, left : left + 40]).mean() > 0.99
+    difference = np.abs(cropped_image.astype(int) - full_image[top : top + 40, left : left + 40])
+    assert difference.mean() < 2.0
 
 
 def test_pad_fills_mask_with_ignore_and_image_with_the_mean_colour():
@@ -70,11 +90,12 @@ def test_pad_fills_mask_with_ignore_and_image_with_the_mean_colour():
     assert np.abs(normalize(padded_image)[:, -1, -1]).max() < 0.02  # the padding normalises to ~0
 
 
-def test_crop_is_square_and_inside():
-    image, mask = pad_to(*synthetic(4), 32)
+def test_crops_are_square_even_from_small_images():
+    image, mask = synthetic(4)
     for seed in range(10):
-        cropped_image, cropped_mask = random_crop(image, mask, np.random.default_rng(seed), 32)
-        assert cropped_image.shape == (32, 32, 3) and cropped_mask.shape == (32, 32)
+        cropped_image, cropped_mask = random_scaled_crop(image, mask, np.random.default_rng(seed), 24, 64)
+        assert cropped_image.shape == (64, 64, 3) and cropped_mask.shape == (64, 64)
+        assert (cropped_mask == IGNORE).any()  # 24 x 2 < 64: always padded
 
 
 def test_train_transform_outputs_normalised_float_chw_and_uint8_masks():

@@ -24,22 +24,6 @@ _NORM_OFFSET = (np.array(MEAN, dtype=np.float32) / np.array(STD, dtype=np.float3
 Pair = Tuple[np.ndarray, np.ndarray]
 
 
-def resize_pair(image: np.ndarray, mask: np.ndarray, height: int, width: int) -> Pair:
-    """Resize both to height x width: bilinear image, nearest mask."""
-    size = (width, height)
-    resized_image = Image.fromarray(image).resize(size, Image.BILINEAR)
-    resized_mask = Image.fromarray(mask).resize(size, Image.NEAREST)
-    return np.asarray(resized_image), np.asarray(resized_mask)
-
-
-def random_rescale(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, base_size: int) -> Pair:
-    """Rescale so the long side is base_size x U(0.5, 2.0), keeping the aspect ratio."""
-    long_side = int(base_size * rng.uniform(*SCALE_RANGE) + 0.5)
-    height, width = mask.shape
-    factor = long_side / max(height, width)
-    return resize_pair(image, mask, max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5)))
-
-
 def random_flip(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Pair:
     """Mirror left-right with probability 1/2."""
     if rng.random() < 0.5:
@@ -61,13 +45,28 @@ def pad_to(image: np.ndarray, mask: np.ndarray, size: int) -> Pair:
     return padded_image, padded_mask
 
 
-def random_crop(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, size: int) -> Pair:
-    """A size x size window at a random position (pad first: both sides must be >= size)."""
+def random_scaled_crop(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, base_size: int, crop_size: int
+) -> Pair:
+    """Rescale the long side to base_size x U(0.5, 2.0), pad to crop_size, take a random crop_size square.
+
+    Same result as rescaling the whole image, padding and cropping, but only the crop's source region is
+    resampled (PIL's `box`): at base_size 520 the rescaled image is up to 1040 px while the crop is 240.
+    """
     height, width = mask.shape
-    top = int(rng.integers(0, height - size + 1))
-    left = int(rng.integers(0, width - size + 1))
-    window = (slice(top, top + size), slice(left, left + size))
-    return image[window], mask[window]
+    factor = int(base_size * rng.uniform(*SCALE_RANGE) + 0.5) / max(height, width)
+    scaled_height, scaled_width = max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
+    # The crop window in rescaled coordinates, on the canvas padded (bottom/right) to at least crop_size.
+    top = int(rng.integers(0, max(scaled_height, crop_size) - crop_size + 1))
+    left = int(rng.integers(0, max(scaled_width, crop_size) - crop_size + 1))
+    inside_height = min(crop_size, scaled_height - top)
+    inside_width = min(crop_size, scaled_width - left)
+    scale_y, scale_x = scaled_height / height, scaled_width / width
+    box = (left / scale_x, top / scale_y, (left + inside_width) / scale_x, (top + inside_height) / scale_y)
+    size = (inside_width, inside_height)
+    cropped_image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR, box=box))
+    cropped_mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST, box=box))
+    return pad_to(cropped_image, cropped_mask, crop_size)
 
 
 def normalize(image: np.ndarray) -> np.ndarray:
@@ -92,9 +91,7 @@ class TrainTransform:
     def augment(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Pair:
         """The geometric part only: uint8 image and mask of crop_size x crop_size (useful to inspect)."""
         image, mask = random_flip(image, mask, rng)
-        image, mask = random_rescale(image, mask, rng, self.base_size)
-        image, mask = pad_to(image, mask, self.crop_size)
-        return random_crop(image, mask, rng, self.crop_size)
+        return random_scaled_crop(image, mask, rng, self.base_size, self.crop_size)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Pair:
         """(3xCxC float32 normalised image, CxC uint8 mask with 255 = ignore)."""

@@ -115,7 +115,7 @@ class WorkerPool:
         except BrokenProcessPool:
             self.close()
             raise RuntimeError(
-                "a data worker process died unexpectedly (out of memory?); "
+                "a data worker process died unexpectedly (killed, out of memory, or failed to start); "
                 "try a smaller data_workers or mini_batch_size"
             ) from None
 

@@ -1,0 +1,121 @@
+"""`segmaker train` in Pipe mode, end to end: pipe-feed writes the FIFOs, the training reads them.
+
+These run the real training loop on tiny data (CPU), so they are marked slow.
+"""
+
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from segmaker.data.pipe_feed import manifest_lines_for_folders, write_pipe_input_config
+from segmaker.environment import Paths
+from tests.synthetic import write_opt_ml, write_split
+
+# xfail until training/feed.py reads Pipe channels through segmaker.data.pipe.PipeChannel (it refuses them
+# today); not strict, so they simply pass once it does. Then drop the xfail.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.xfail(reason="the training loop does not read Pipe-mode channels yet", strict=False),
+]
+
+TRAIN_SAMPLES = 8
+HYPERPARAMETERS = {
+    "use_pretrained_model": "False",
+    "algorithm": "fcn",
+    "num_training_samples": str(TRAIN_SAMPLES),
+    "mini_batch_size": "4",
+    "learning_rate": "0.05",
+    "crop_size": "32",
+    "base_size": "48",
+    "seed": "1",
+    "data_workers": "1",
+}
+
+
+def pipe_job(tmp_path: Path, epochs: int) -> Paths:
+    """An /opt/ml tree whose train channel is in Pipe mode (validation stays in File mode) + its manifest."""
+    paths = write_opt_ml(
+        tmp_path / "opt_ml", train=0, validation=4, hyperparameters=dict(HYPERPARAMETERS, epochs=str(epochs))
+    )
+    data = tmp_path / "train_data"  # outside the tree: in Pipe mode the channel has no files
+    write_split(data / "images", data / "masks", TRAIN_SAMPLES, seed=0)
+    lines = manifest_lines_for_folders(data / "images", data / "masks", "segmentation-ref")
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    write_pipe_input_config(paths, "train")
+    return paths
+
+
+def start_feeder(tmp_path: Path, paths: Paths, epochs: int, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "segmaker.data.pipe_feed",
+            "--manifest",
+            str(tmp_path / "train.jsonl"),
+            "--base-dir",
+            str(paths.base),
+            "--epochs",
+            str(epochs),
+            "--reader-timeout",
+            "300",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def run_training(paths: Paths) -> subprocess.CompletedProcess:
+    env = dict(os.environ, SAGEMAKER_BASE_DIR=str(paths.base))
+    return subprocess.run(
+        [sys.executable, "-m", "segmaker", "train"], env=env, capture_output=True, text=True, timeout=900
+    )
+
+
+def metric_values(log: str, name: str) -> List[float]:
+    return [float(v) for v in re.findall(rf"epoch: \d+, {name}: ([0-9.]+)", log)]
+
+
+def test_pipe_mode_training_learns_beside_file_mode_validation(tmp_path):
+    epochs = 3
+    paths = pipe_job(tmp_path, epochs)
+    feeder = start_feeder(tmp_path, paths, epochs, "--split-records-over", "700")
+    try:
+        result = run_training(paths)
+    finally:
+        feeder.kill()  # no-op when it finished; frees it when training read fewer epochs
+        feeder_log = feeder.communicate()[0]
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:] + "\n--- pipe-feed:\n" + feeder_log
+    losses = metric_values(log, "train loss")
+    assert len(losses) == epochs and losses[-1] < losses[0]
+    assert len(metric_values(log, "validation mIOU")) == epochs  # validation read from files
+    assert (paths.model_dir / "model_best.params").exists()
+    assert "train_2: wrote 16 records" in feeder_log
+
+
+def test_a_broken_stream_fails_training_with_the_record_and_offset(tmp_path):
+    paths = pipe_job(tmp_path, epochs=1)
+    # A plain file stands in for the FIFO: two good pairs, then a record cut off inside its payload.
+    first = json.loads((tmp_path / "train.jsonl").read_text().splitlines()[0])
+    image, mask = Path(first["source-ref"]).read_bytes(), Path(first["segmentation-ref"]).read_bytes()
+    good = (_record(image) + _record(mask)) * 2
+    paths.pipe_path("train", 0).write_bytes(good + _record(image)[:50])
+    result = run_training(paths)
+    assert result.returncode != 0
+    reason = paths.failure_file.read_text()
+    assert f"train_0: record 4 at byte offset {len(good)}" in reason, reason
+    assert "ends inside the payload" in reason
+
+
+def _record(payload: bytes) -> bytes:
+    return struct.pack("<II", 0xCED7230A, len(payload)) + payload + b"\0" * (-len(payload) % 4)

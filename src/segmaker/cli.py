@@ -74,9 +74,11 @@ def _train_command(_args: argparse.Namespace) -> int:
 def _train(paths: environment.Paths, stop_requested: threading.Event) -> bool:
     """Run the job; True when it ran to its end, False when a stop request cut it short."""
     from segmaker.config import parse_hyperparameters
+
+    # Hyperparameter mistakes are reported before the (slow) import of MXNet and GluonCV.
+    config = parse_hyperparameters(environment.read_hyperparameters(paths))
     from segmaker.training import TrainingJob, train
 
-    config = parse_hyperparameters(environment.read_hyperparameters(paths))
     job = TrainingJob(
         paths=paths,
         config=config,

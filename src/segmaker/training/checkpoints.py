@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from segmaker.training.early_stopping import EarlyStoppingState
+from segmaker.training.epoch import EpochStats
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +44,15 @@ KEEP = 2
 class TrainingState:
     """Everything besides the parameter files that training needs to resume after `completed_iterations`.
 
-    `history` holds one metrics row (a dict) per finished epoch.
+    `history` holds one metrics row (a dict) per finished epoch, so the epoch in progress is
+    `len(history)`; `partial_epoch` is what that epoch measured so far (a stop can interrupt it).
     """
 
     completed_iterations: int
     early_stopping: EarlyStoppingState
     history: Tuple[dict, ...]
     hyperparameters: dict
+    partial_epoch: EpochStats = EpochStats()
 
     def to_json_dict(self) -> dict:
         return {
@@ -57,6 +60,7 @@ class TrainingState:
             "early_stopping": asdict(self.early_stopping),
             "history": list(self.history),
             "hyperparameters": self.hyperparameters,
+            "partial_epoch": asdict(self.partial_epoch),
         }
 
     @classmethod
@@ -66,6 +70,7 @@ class TrainingState:
             early_stopping=EarlyStoppingState(**raw["early_stopping"]),
             history=tuple(raw["history"]),
             hyperparameters=raw["hyperparameters"],
+            partial_epoch=EpochStats(**raw["partial_epoch"]),
         )
 
 

@@ -23,12 +23,22 @@ Batch = Tuple[np.ndarray, np.ndarray]  # images N x 3 x H x W float32, masks N x
 
 @dataclass(frozen=True)
 class EpochStats:
-    iterations: int
-    images: int
-    loss_sum: float
-    seconds: float
-    last_lr: float
-    stopped: bool
+    """What an epoch (or the part of it one run did) measured; parts of one epoch add up with `+`."""
+
+    iterations: int = 0
+    images: int = 0
+    loss_sum: float = 0.0
+    seconds: float = 0.0
+    last_lr: float = 0.0
+
+    def __add__(self, later: "EpochStats") -> "EpochStats":
+        return EpochStats(
+            self.iterations + later.iterations,
+            self.images + later.images,
+            self.loss_sum + later.loss_sum,
+            self.seconds + later.seconds,
+            later.last_lr if later.iterations else self.last_lr,
+        )
 
     @property
     def mean_loss(self) -> float:
@@ -67,7 +77,8 @@ def train_one_epoch(
     stop_requested: threading.Event,
     dtype: str = "float32",
 ) -> EpochStats:
-    """Run `plan.iterations` steps (fewer if the data ends or a stop is requested)."""
+    """Run `plan.iterations` steps (fewer if the data ends or a stop is requested: it is checked after
+    every step, so a stop costs at most the iteration in progress)."""
     progress = _Progress(plan)
     pending: Optional[List[mx.nd.NDArray]] = None
     loss_sum, images, done, lr = 0.0, 0, 0, schedule.at(plan.first_iteration)
@@ -84,7 +95,7 @@ def train_one_epoch(
     if pending is not None:
         loss_sum += progress.record(_batch_loss(pending), images)
     mx.nd.waitall()
-    return EpochStats(done, images, loss_sum, progress.elapsed(), lr, stop_requested.is_set())
+    return EpochStats(done, images, loss_sum, progress.elapsed(), lr)
 
 
 def _step(net, trainer, loss_fn, batch_images, batch_masks, contexts, dtype) -> List[mx.nd.NDArray]:

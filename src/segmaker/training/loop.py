@@ -1,0 +1,285 @@
+"""The training job from start to end: set-up, resume, epochs, validation, checkpoints, the model.
+
+`train(job, stop_requested)` is all the CLI calls. A run is a `_Run` object (no module state): it holds
+what set-up built and advances a frozen `TrainingState` epoch by epoch; that state is exactly what a
+checkpoint stores, so a resumed run continues as if it had never stopped.
+"""
+
+import logging
+import random
+import shutil
+import tempfile
+import threading
+from contextlib import closing
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import mxnet as mx
+import numpy as np
+from gluoncv.loss import MixSoftmaxCrossEntropyLoss
+
+from segmaker import metrics, outputs
+from segmaker.environment import ChannelConfig, Paths, ResourceConfig
+from segmaker.outputs import EpochRecord
+from segmaker.training.checkpoints import CheckpointStore, TrainingState
+from segmaker.training.devices import (
+    WorkerRole,
+    check_precision,
+    resolve_kvstore,
+    training_contexts,
+    visible_gpu_count,
+    worker_role,
+)
+from segmaker.training.early_stopping import EarlyStoppingRule, EarlyStoppingState
+from segmaker.training.epoch import EpochPlan, EpochStats, train_one_epoch
+from segmaker.training.feed import DataFeed, TrainingData, find_training_data, iterations_per_epoch
+from segmaker.training.model_dir import write_model
+from segmaker.training.network import build_training_network, working_size
+from segmaker.training.optimizer import make_trainer
+from segmaker.training.schedule import schedule_for
+from segmaker.training.validation import Validator
+
+log = logging.getLogger(__name__)
+
+PLOTTED_EXAMPLES = 4
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """Everything the job reads from the /opt/ml contract, already parsed (cli builds it)."""
+
+    paths: Paths
+    config: object  # config.TrainingConfig
+    channels: Dict[str, ChannelConfig]
+    resources: ResourceConfig
+    checkpoint_dir: Optional[Path]
+    mxnet_home: Path
+    cpu_devices: int = 1
+    num_gpus: Optional[int] = None  # None: every GPU MXNet sees
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    completed: bool  # False when a stop request cut training short
+    history: Tuple[EpochRecord, ...]
+    best_epoch: Optional[int]
+    best_miou: Optional[float]
+
+
+def train(job: TrainingJob, stop_requested: threading.Event) -> TrainingResult:
+    """Train as the job says; on a stop request save a checkpoint and the best model so far, and return."""
+    config = job.config
+    role = worker_role(job.resources)
+    gpus = visible_gpu_count() if job.num_gpus is None else job.num_gpus
+    contexts = training_contexts(gpus, job.cpu_devices)
+    check_precision(config.precision_dtype, contexts)
+    _seed(config.seed)
+    data = find_training_data(job, role.rank, role.world_size)
+    per_epoch = iterations_per_epoch(
+        config.num_training_samples, len(data.train_samples), config.mini_batch_size
+    )
+    _log_plan(config, contexts, data, per_epoch)
+    net = build_training_network(job, contexts)
+    with DataFeed(config, data) as feed, tempfile.TemporaryDirectory(prefix="segmaker-") as scratch:
+        run = _Run(job, role, contexts, net, feed, per_epoch, Path(scratch))
+        return run.run(stop_requested)
+
+
+def _seed(seed: Optional[int]) -> None:
+    if seed is None:
+        return
+    random.seed(seed)
+    np.random.seed(seed)
+    mx.random.seed(seed)
+
+
+def _log_plan(config, contexts, data: TrainingData, per_epoch: int) -> None:
+    log.info(
+        "Training %s/%s (%d classes) on %s: %d training samples, %d iterations per epoch of %d images,"
+        " %d epochs",
+        config.algorithm,
+        config.backbone,
+        config.num_classes,
+        ", ".join(str(ctx) for ctx in contexts),
+        len(data.train_samples),
+        per_epoch,
+        config.mini_batch_size,
+        config.epochs,
+    )
+    if not data.has_validation:
+        log.warning(
+            "No validation channel: no validation metrics, no early stopping; the final weights count as best"
+        )
+
+
+class _Run:
+    """One training run; `run()` drives the epochs."""
+
+    def __init__(self, job, role: WorkerRole, contexts, net, feed: DataFeed, per_epoch: int, scratch: Path):
+        config = job.config
+        self.job, self.config, self.role, self.contexts = job, config, role, contexts
+        self.net, self.feed, self.per_epoch = net, feed, per_epoch
+        self.trainer = make_trainer(net, config, resolve_kvstore(config.kvstore, contexts))
+        self.loss = MixSoftmaxCrossEntropyLoss(aux=config.aux_loss, aux_weight=config.aux_weight)
+        self.schedule = schedule_for(config, per_epoch)
+        self.rule = EarlyStoppingRule.from_config(config)
+        self.validator = Validator(config, contexts) if feed.data.has_validation else None
+        self.best_params = scratch / "best.params"
+        self.hyperparameters = config.to_json_dict()
+        self.store = CheckpointStore(job.checkpoint_dir, self.hyperparameters) if job.checkpoint_dir else None
+
+    def run(self, stop_requested: threading.Event) -> TrainingResult:
+        state = self._resume()
+        while len(state.history) < self.config.epochs and not state.early_stopping.should_stop(self.rule):
+            epoch = len(state.history)
+            state = self._train_rest_of_epoch(epoch, state, stop_requested)
+            if stop_requested.is_set():
+                self._save(state)
+                return self._result(state, completed=False)
+            state = self._end_epoch(epoch, state)
+            self._checkpoint(state)
+        if state.early_stopping.should_stop(self.rule):
+            log.info("Early stopping after epoch %d", len(state.history) - 1)
+        self._save(state, plot_examples=True)
+        return self._result(state, completed=True)
+
+    # -- resume and checkpoints -------------------------------------------------------------------------
+
+    def _resume(self) -> TrainingState:
+        fresh = TrainingState(0, EarlyStoppingState(), (), self.hyperparameters)
+        checkpoint = self.store.latest() if self.store else None
+        if checkpoint is None:
+            return fresh
+        self.net.load_parameters(str(checkpoint.params_file), ctx=self.contexts, cast_dtype=True)
+        self.trainer.load_states(str(checkpoint.trainer_file))
+        if checkpoint.best_params_file.exists():
+            shutil.copyfile(str(checkpoint.best_params_file), str(self.best_params))
+        state = checkpoint.state
+        log.info(
+            "Resuming from checkpoint %s: %d epochs done, %d iterations into epoch %d",
+            checkpoint.directory,
+            len(state.history),
+            state.partial_epoch.iterations,
+            len(state.history),
+        )
+        return state
+
+    def _checkpoint(self, state: TrainingState) -> None:
+        if self.store is not None and self.role.is_main:
+            path = self.store.save(state, self.net, self.trainer, self.best_params)
+            log.info("Checkpoint written: %s", path)
+
+    # -- one epoch -----------------------------------------------------------------------------------------
+
+    def _train_rest_of_epoch(self, epoch: int, state: TrainingState, stop: threading.Event) -> TrainingState:
+        """Train the iterations `epoch` still lacks (all of them, unless it was interrupted before)."""
+        remaining = (epoch + 1) * self.per_epoch - state.completed_iterations
+        if remaining <= 0 or stop.is_set():
+            return state
+        plan = EpochPlan(epoch, state.completed_iterations, remaining, self.per_epoch)
+        with closing(self.feed.train_batches(epoch)) as batches:
+            stats = train_one_epoch(
+                self.net,
+                self.trainer,
+                self.loss,
+                batches,
+                self.contexts,
+                self.schedule,
+                plan,
+                stop,
+                self.config.precision_dtype,
+            )
+        return replace(
+            state,
+            completed_iterations=state.completed_iterations + stats.iterations,
+            partial_epoch=state.partial_epoch + stats,
+        )
+
+    def _end_epoch(self, epoch: int, state: TrainingState) -> TrainingState:
+        """Validate, update early stopping and the best weights, report; the epoch joins the history."""
+        stats = state.partial_epoch
+        scores = self._validate()
+        early_stopping = state.early_stopping
+        if scores is not None:
+            early_stopping = early_stopping.update(epoch, scores["mIOU"], self.rule)
+        if scores is None or early_stopping.is_best(epoch):
+            self.net.save_parameters(str(self.best_params))
+        record = EpochRecord(
+            epoch=epoch,
+            train_loss=stats.mean_loss,
+            throughput=stats.throughput,
+            pixel_accuracy=None if scores is None else scores["pixel_accuracy"],
+            mIOU=None if scores is None else scores["mIOU"],
+            dice=None if scores is None else scores["dice"],
+            lr=stats.last_lr,
+            seconds=stats.seconds,
+        )
+        state = replace(
+            state,
+            early_stopping=early_stopping,
+            history=state.history + (record.to_dict(),),
+            partial_epoch=EpochStats(),
+        )
+        self._report(record, scores)
+        if self.role.is_main:
+            outputs.write_metrics(
+                [EpochRecord.from_dict(row) for row in state.history], self.job.paths.output_data_dir
+            )
+        return state
+
+    def _validate(self) -> Optional[Dict[str, float]]:
+        if self.validator is None:
+            return None
+        self.validator.load_weights_from(self.net)
+        return self.validator.evaluate(self.feed.validation_batches()).scores()
+
+    def _report(self, record: EpochRecord, scores: Optional[Dict[str, float]]) -> None:
+        host, epoch = self.role.host, record.epoch
+        lines = [
+            metrics.train_loss_line(host, epoch, record.train_loss),
+            metrics.train_throughput_line(host, epoch, record.throughput),
+        ]
+        if scores is not None:
+            lines += [metrics.validation_line(host, epoch, name, value) for name, value in scores.items()]
+        lines.append(metrics.progress_line(host, epoch + 1, self.config.epochs))
+        # The metric lines go to stdout bare (no timestamp prefix), byte for byte as the built-in prints them.
+        print("\n".join(lines), flush=True)
+        log.info("Epoch %d took %.1f s", epoch, record.seconds)
+
+    # -- the end -------------------------------------------------------------------------------------------
+
+    def _save(self, state: TrainingState, plot_examples: bool = False) -> None:
+        """The model directory and output/data (main worker only); a checkpoint first when stopping."""
+        if not self.role.is_main:
+            return
+        if not plot_examples:
+            self._checkpoint(state)
+        records = [EpochRecord.from_dict(row) for row in state.history]
+        best = self.best_params if self.best_params.exists() else None
+        label_map = self.feed.data.train_label_map
+        write_model(self.job, self.net, best, state.early_stopping, label_map, working_size(self.config))
+        self._write_outputs(records, best if plot_examples else None)
+
+    def _write_outputs(self, records: List[EpochRecord], best: Optional[Path]) -> None:
+        out_dir = self.job.paths.output_data_dir
+        outputs.write_metrics(records, out_dir)
+        if records:
+            outputs.plot_curves(records, out_dir / outputs.CURVES_PNG)
+        if self.validator is not None and best is not None:
+            self.validator.load_weights_file(best)
+            images, truths, predicted = self.validator.examples(
+                self.feed.validation_batches(PLOTTED_EXAMPLES)
+            )
+            outputs.plot_predictions(
+                images, truths, predicted, self.config.num_classes, out_dir / outputs.PREDICTIONS_PNG
+            )
+
+    def _result(self, state: TrainingState, completed: bool) -> TrainingResult:
+        early = state.early_stopping
+        return TrainingResult(
+            completed=completed,
+            history=tuple(EpochRecord.from_dict(row) for row in state.history),
+            best_epoch=early.best_epoch,
+            best_miou=early.best_miou if early.best_epoch is not None else None,
+        )

@@ -1,0 +1,87 @@
+"""The training network and the validation network, and where their starting weights come from.
+
+Starting weights, in order of precedence: the `model` channel (incremental training: a previous job's
+model, whose algorithm, backbone and class count must match), else ImageNet backbone weights when
+use_pretrained_model (the `pretrained` channel, else $MXNET_HOME/models), else random initialisation.
+"""
+
+import logging
+from pathlib import Path
+from typing import List, Optional
+
+import mxnet as mx
+
+from segmaker import models
+
+log = logging.getLogger(__name__)
+
+MODEL_CHANNEL = "model"
+PRETRAINED_CHANNEL = "pretrained"
+
+
+def build_training_network(job, contexts: List[mx.Context]) -> mx.gluon.HybridBlock:
+    """The network at crop size (with the auxiliary head when aux_loss), weights loaded, on `contexts`."""
+    config = job.config
+    syncbn_devices = len(contexts) if config.syncbn and contexts[0].device_type == "gpu" else 0
+    if config.syncbn and not syncbn_devices:
+        log.info("syncbn is set but training runs on the CPU: using plain BatchNorm")
+    net = models.build_network(
+        config.algorithm,
+        config.backbone,
+        config.num_classes,
+        size=config.crop_size,
+        aux=config.aux_loss,
+        syncbn_devices=syncbn_devices,
+    )
+    _load_starting_weights(net, job)
+    net.collect_params().reset_ctx(contexts)
+    if config.precision_dtype == "float16":
+        net.cast("float16")
+    net.hybridize(static_alloc=True, static_shape=True)
+    return net
+
+
+def _load_starting_weights(net: mx.gluon.HybridBlock, job) -> None:
+    model_dir = _channel(job.paths, MODEL_CHANNEL)
+    if model_dir is not None:
+        _load_previous_model(net, model_dir, job.config)
+    elif job.config.use_pretrained_model:
+        weights = models.find_pretrained_weights(
+            job.config.backbone,
+            pretrained_dir=_channel(job.paths, PRETRAINED_CHANNEL),
+            mxnet_home=job.mxnet_home,
+        )
+        log.info("Starting the backbone from ImageNet weights %s", weights)
+        models.load_backbone_weights(net, weights)
+    else:
+        log.info("use_pretrained_model=False: the backbone starts from random weights")
+
+
+def _load_previous_model(net: mx.gluon.HybridBlock, model_dir: Path, config) -> None:
+    from segmaker import artifacts
+
+    previous = artifacts.read_model_dir(model_dir)
+    artifacts.check_compatible(previous, config)
+    log.info("Incremental training: starting from the model in %s", model_dir)
+    artifacts.load_training_weights(previous, net)
+
+
+def build_validation_network(config) -> mx.gluon.HybridBlock:
+    """The network at the inference working size, without the auxiliary head (weights copied in later)."""
+    return models.build_network(
+        config.algorithm,
+        config.backbone,
+        config.num_classes,
+        size=working_size(config),
+        aux=False,
+    )
+
+
+def working_size(config) -> int:
+    """Validation and serving run at the scale training saw on average (base_size), at least the crop."""
+    return models.working_size_for(max(config.base_size, config.crop_size))
+
+
+def _channel(paths, name: str) -> Optional[Path]:
+    folder = paths.channel_dir(name)
+    return folder if folder.is_dir() else None

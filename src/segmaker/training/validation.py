@@ -1,0 +1,49 @@
+"""Validation: the current weights, copied into a network built at the working size, over every image at
+its own resolution, counted into ONE confusion matrix for the whole validation set."""
+
+from pathlib import Path
+from typing import Iterable, List, Tuple
+
+import mxnet as mx
+import numpy as np
+
+from segmaker import models
+from segmaker.data.loader import ValidationBatch
+from segmaker.metrics import ConfusionMatrix
+from segmaker.training.network import build_validation_network, working_size
+
+Examples = Tuple[List[np.ndarray], List[np.ndarray], List[np.ndarray]]  # images, true masks, predicted masks
+
+
+class Validator:
+    """Owns the inference network, built once; load weights into it, then evaluate."""
+
+    def __init__(self, config, contexts: List[mx.Context]):
+        self.num_classes = config.num_classes
+        self._net = build_validation_network(config)
+        self._inference = models.SegmentationInference(self._net, working_size(config), contexts)
+
+    def load_weights_from(self, train_net: mx.gluon.HybridBlock) -> None:
+        """Validate the training network's current weights from now on."""
+        models.copy_parameters(train_net, self._net)
+
+    def load_weights_file(self, params_file: Path) -> None:
+        """Validate the weights saved in `params_file` (a training network's, aux head included)."""
+        models.load_parameters(self._net, params_file)
+
+    def evaluate(self, batches: Iterable[ValidationBatch]) -> ConfusionMatrix:
+        """The confusion matrix of the loaded weights over all `batches`."""
+        matrix = ConfusionMatrix(self.num_classes)
+        for images, masks in batches:
+            for predicted, truth in zip(self._inference.predict_masks(images), masks):
+                matrix.update(predicted, truth)
+        return matrix
+
+    def examples(self, batches: Iterable[ValidationBatch]) -> Examples:
+        """Images, true and predicted masks of `batches`, for the prediction plot."""
+        images: List[np.ndarray] = []
+        truths: List[np.ndarray] = []
+        for batch_images, batch_masks in batches:
+            images.extend(batch_images)
+            truths.extend(batch_masks)
+        return images, truths, self._inference.predict_masks(images) if images else []

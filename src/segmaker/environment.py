@@ -260,3 +260,17 @@ def _positive_float(env: Mapping[str, str], key: str, default: float) -> float:
     if value <= 0:
         raise UserError("{} must be a positive number, not {!r}".format(key, raw))
     return value
+
+
+def visible_gpu_count(environ: Optional[Mapping[str, str]] = None, dev_dir: Path = Path("/dev")) -> int:
+    """How many GPUs this process may use, found WITHOUT initialising CUDA (the model server must not
+    touch CUDA before it forks): `CUDA_VISIBLE_DEVICES` when set, else the /dev/nvidiaN device files
+    (what `docker run --gpus` exposes)."""
+    env = os.environ if environ is None else environ
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        entries = [e for e in visible.split(",") if e.strip() and not e.strip().startswith("-")]
+        return len(entries)
+    if not dev_dir.is_dir():
+        return 0
+    return sum(1 for p in dev_dir.glob("nvidia*") if p.name[len("nvidia"):].isdigit())

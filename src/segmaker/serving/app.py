@@ -5,7 +5,7 @@ status, turned into `{"error": "..."}` by one handler; anything else is a bug an
 """
 
 import logging
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from flask import Flask, Request, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -13,7 +13,9 @@ from werkzeug.exceptions import HTTPException
 from segmaker.environment import ServingSettings
 from segmaker.errors import BadRequest, HTTPError, PayloadTooLarge, ServiceUnavailable
 from segmaker.serving import codecs
-from segmaker.serving.predictor import Predictor
+
+if TYPE_CHECKING:  # the predictor imports MXNet, which the gunicorn master must not load before forking
+    from segmaker.serving.predictor import Predictor
 
 LOG = logging.getLogger(__name__)
 
@@ -21,7 +23,7 @@ LOG = logging.getLogger(__name__)
 MAX_PROBABILITY_VALUES = 120_000_000
 
 
-def create_app(predictor: Predictor, settings: Optional[ServingSettings] = None,
+def create_app(predictor: "Predictor", settings: Optional[ServingSettings] = None,
                workers: int = 1) -> Flask:
     """A fresh app serving `predictor`; `workers` is what /execution-parameters reports."""
     settings = settings or ServingSettings()

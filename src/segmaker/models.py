@@ -1,0 +1,322 @@
+"""The networks: (algorithm, backbone) -> GluonCV model, pretrained weights, and full-resolution inference.
+
+GluonCV's FCN, PSPNet and DeepLabV3 are built for one fixed square input size (they upsample to a fixed
+height/width; PSP and DeepLab also pool to a fixed feature-map size). Training uses them at the crop size;
+inference at any image size goes through `SegmentationInference`, which resizes and pads every image to the
+one size its network was built for.
+"""
+
+import contextlib
+import io
+import math
+from pathlib import Path
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import mxnet as mx
+import numpy as np
+from gluoncv.model_zoo.deeplabv3 import DeepLabV3
+from gluoncv.model_zoo.fcn import FCN
+from gluoncv.model_zoo.pspnet import PSPNet
+from PIL import Image
+
+from segmaker.errors import UserError
+from segmaker.transforms import normalize
+
+ALGORITHMS = {"fcn": FCN, "psp": PSPNet, "deeplab": DeepLabV3}
+BACKBONES = ("resnet50", "resnet101")
+
+# GluonCV's model store names a weight file `<name>-<first 8 hex digits of its SHA-1>.params`
+# (gluoncv/model_zoo/model_store.py, `_model_sha1`). These are the ImageNet dilated-stem ResNets that
+# SegBaseModel builds its backbone from.
+PRETRAINED_SHA1 = {
+    "resnet50": ("resnet50_v1s", "25a187fa281ddc98afbcd0cc0f0646885b874b80"),
+    "resnet101": ("resnet101_v1s", "bd93a83c05f709a803b1221aeff0b028e6eebb03"),
+}
+
+# SegBaseModel takes these children of the ResNet (conv1 ... layer4) and keeps their names, so a backbone
+# parameter's structural name inside the segmentation network equals its name inside the ResNet.
+BACKBONE_BLOCKS = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
+
+# Bound on the number of float32 values of one resized logit tensor while computing a mask: classes are
+# resized in groups small enough to stay below it (resizing is per channel, so the result is the same).
+MAX_RESIZED_VALUES = 1 << 25
+
+
+def build_network(
+    algorithm: str,
+    backbone: str,
+    num_classes: int,
+    *,
+    size: int,
+    aux: bool = True,
+    norm_layer_kwargs: Optional[Mapping[str, object]] = None,
+    syncbn_devices: int = 0,
+) -> mx.gluon.HybridBlock:
+    """A freshly initialised GluonCV segmentation network for `size` x `size` inputs, on the CPU.
+
+    Every parameter has its shape and random initial values (move it with `collect_params().reset_ctx`).
+    With `syncbn_devices` > 1 every BatchNorm is a SyncBatchNorm over that many devices.
+    """
+    model_class = _model_class(algorithm, backbone)
+    norm_kwargs = dict(norm_layer_kwargs or {})
+    extra = {}
+    if syncbn_devices > 1:
+        norm_kwargs["num_devices"] = syncbn_devices
+        extra["norm_layer"] = mx.gluon.contrib.nn.SyncBatchNorm
+    if norm_kwargs:
+        extra["norm_kwargs"] = norm_kwargs
+    # PSPNet's constructor prints its crop size to stdout; keep the job log clean.
+    with contextlib.redirect_stdout(io.StringIO()):
+        net = model_class(num_classes, backbone=backbone, aux=aux, pretrained_base=False,
+                          base_size=size, crop_size=size, **extra)
+    # With every shape known, initialisation happens now rather than at the first forward, so the random
+    # values depend only on the seed at build time. GluonCV initialises the heads itself and leaves the
+    # backbone alone; one initializer for all (force_reinit) makes a seeded run reproducible. He-style
+    # uniform rather than gaussian: MXNet's CPU normal sampler is about 5x slower for the ~40M values.
+    net.infer_shape(mx.nd.zeros((1, 3, size, size)))
+    net.initialize(mx.init.Xavier(rnd_type="uniform", factor_type="in", magnitude=2), force_reinit=True)
+    return net
+
+
+def _model_class(algorithm: str, backbone: str):
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {sorted(ALGORITHMS)}")
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; expected one of {list(BACKBONES)}")
+    return ALGORITHMS[algorithm]
+
+
+def working_size_for(base_size: int) -> int:
+    """The inference size for a model trained at `base_size`: training sees objects at that scale, and the
+    networks need a multiple of 8 (three stride-2 stages before the dilated layers)."""
+    return int(math.ceil(base_size / 8.0)) * 8
+
+
+def pretrained_file_name(backbone: str) -> str:
+    name, sha1 = PRETRAINED_SHA1[backbone]
+    return f"{name}-{sha1[:8]}.params"
+
+
+def find_pretrained_weights(backbone: str, *, pretrained_dir: Optional[Path], mxnet_home: Path) -> Path:
+    """The ImageNet weights for `backbone`: the `pretrained` channel first, then `$MXNET_HOME/models`.
+
+    The channel may hold the file under GluonCV's exact name or any `resnet50_v1s*.params` name (a user
+    may have renamed it); the baked-in copy has the exact name.
+    """
+    exact = pretrained_file_name(backbone)
+    places = _pretrained_places(pretrained_dir, Path(mxnet_home) / "models")
+    for folder in places:
+        found = _weight_file_in(folder, exact, PRETRAINED_SHA1[backbone][0])
+        if found is not None:
+            return found
+    raise UserError(
+        f"use_pretrained_model=True but no ImageNet weights for backbone {backbone} were found: looked for"
+        f" {exact} (or {PRETRAINED_SHA1[backbone][0]}*.params) in {', '.join(str(p) for p in places)}."
+        " Either give the job a 'pretrained' channel holding that file, or set"
+        " use_pretrained_model=False to train the backbone from scratch.")
+
+
+def _pretrained_places(pretrained_dir: Optional[Path], models_dir: Path) -> List[Path]:
+    return ([Path(pretrained_dir)] if pretrained_dir is not None else []) + [models_dir]
+
+
+def _weight_file_in(folder: Path, exact_name: str, stem: str) -> Optional[Path]:
+    if (folder / exact_name).is_file():
+        return folder / exact_name
+    if not folder.is_dir():
+        return None
+    candidates = sorted(p for p in folder.rglob(stem + "*.params") if p.is_file())
+    return candidates[0] if candidates else None
+
+
+def load_backbone_weights(net: mx.gluon.HybridBlock, params_file: Path) -> None:
+    """Load a GluonCV `resnetXX_v1s` parameter file into the backbone of segmentation network `net`.
+
+    The file's classifier (`fc.*`) has no counterpart and is skipped; a missing backbone parameter or
+    a shape that differs is a UserError naming the file.
+    """
+    loaded = _load_parameter_file(params_file)
+    backbone = {name: param for name, param in net._collect_params_with_prefix().items()
+                if name.split(".", 1)[0] in BACKBONE_BLOCKS}
+    _check_fit(params_file, backbone, loaded)
+    for name, param in backbone.items():
+        param.set_data(loaded[name].astype(param.dtype))
+
+
+def _load_parameter_file(params_file: Path) -> Dict[str, mx.nd.NDArray]:
+    try:
+        loaded = mx.nd.load(str(params_file))
+    except (mx.base.MXNetError, OSError) as exc:
+        raise UserError(f"cannot read parameter file {params_file}: {_first_line(exc)}") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"parameter file {params_file} holds a list of arrays, not named parameters")
+    # Files written by `HybridBlock.export` prefix names with arg:/aux:; Gluon's save_parameters does not.
+    return {name.split(":", 1)[-1]: array for name, array in loaded.items()}
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _check_fit(source: Path, params: Mapping[str, mx.gluon.Parameter],
+               arrays: Mapping[str, mx.nd.NDArray]) -> None:
+    """UserError naming `source` unless it has an array of a fitting shape for every parameter."""
+    missing = sorted(set(params) - set(arrays))
+    if missing:
+        raise UserError(f"parameter file {source} does not fit the network: it lacks {len(missing)} of the"
+                        f" {len(params)} parameters needed (first: {missing[0]})")
+    wrong = [(name, arrays[name].shape, param.shape) for name, param in params.items()
+             if not _shape_fits(arrays[name].shape, param.shape)]
+    if wrong:
+        name, got, want = wrong[0]
+        raise UserError(f"parameter file {source} does not fit the network: {len(wrong)} parameters have"
+                        f" other shapes (first: {name} is {got}, the network needs {want})")
+
+
+def _shape_fits(got: Tuple[int, ...], want: Tuple[int, ...]) -> bool:
+    # A 0 in a Gluon parameter's shape is a dimension not known yet; any size fits it.
+    return len(got) == len(want) and all(w in (0, g) for g, w in zip(got, want))
+
+
+def load_parameters(net: mx.gluon.HybridBlock, params_file: Path) -> None:
+    """Load a saved segmentation network's parameters (Gluon `save_parameters` format) into `net`.
+
+    Parameters of an auxiliary head that `net` does not have are skipped; anything else that does not
+    fit (another algorithm, backbone or class count) is a UserError naming the file.
+    """
+    loaded = _load_parameter_file(params_file)
+    params = net._collect_params_with_prefix()
+    _check_fit(params_file, params, loaded)
+    for name, param in params.items():
+        param.set_data(loaded[name].astype(param.dtype))
+
+
+def copy_parameters(src_net: mx.gluon.HybridBlock, dst_net: mx.gluon.HybridBlock) -> None:
+    """Copy every parameter of `dst_net` from the parameter of the same structural name in `src_net`.
+
+    Structural names (`layer1.0.conv1.weight`) do not depend on block prefixes, so this copies between two
+    instances of one architecture built at different sizes, or from a training net with an auxiliary head
+    into an inference net without one. Values are cast to the destination's dtype.
+    """
+    src = src_net._collect_params_with_prefix()
+    dst = dst_net._collect_params_with_prefix()
+    missing = sorted(set(dst) - set(src))
+    if missing:
+        raise ValueError(f"cannot copy parameters: the source network lacks {missing[0]}"
+                         f" (and {len(missing) - 1} more)")
+    for name, param in dst.items():
+        value = src[name].data(src[name].list_ctx()[0])
+        if param.shape and not _shape_fits(value.shape, param.shape):
+            raise ValueError(f"cannot copy parameter {name}: shape {value.shape} != {param.shape}")
+        param.set_data(value.astype(param.dtype))
+
+
+class SegmentationInference:
+    """Full-resolution inference at any image size, with memory bounded by `working_size`.
+
+    Each image's long side is resized to `working_size`, the image is padded (after normalisation, with
+    zeros) to a working_size square, and the network runs once per batch on a static-shape graph. The
+    padding is cropped from the logits, which are resized bilinearly back to the image's height and width.
+    Only the network's first output (the main head) is used.
+
+    A batch of images is split over `contexts` (several GPUs, or several CPU contexts in tests) exactly as
+    training splits a batch.
+
+    Not thread-safe: the hybridized graph keeps its buffers between calls (static_alloc), so one instance
+    belongs to one thread at a time. The model server gives each worker process its own instance.
+    """
+
+    def __init__(self, net_at_working_size: mx.gluon.HybridBlock, working_size: int,
+                 contexts: Sequence[mx.Context]):
+        if working_size % 8:
+            raise ValueError(f"working_size must be a multiple of 8, not {working_size}")
+        if not contexts:
+            raise ValueError("SegmentationInference needs at least one context")
+        self.working_size = working_size
+        self.contexts = list(contexts)
+        self._net = net_at_working_size
+        self._net.collect_params().reset_ctx(self.contexts)
+        self._net.hybridize(static_alloc=True, static_shape=True)
+
+    def predict_probabilities(self, images: List[np.ndarray]) -> List[np.ndarray]:
+        """Class probabilities, C x H x W float32, for each H x W x 3 uint8 RGB image."""
+        return [mx.nd.softmax(_resize(logits, shape), axis=0).asnumpy()
+                for logits, shape in self._small_logits(images)]
+
+    def predict_masks(self, images: List[np.ndarray]) -> List[np.ndarray]:
+        """Class ids, H x W uint8, for each H x W x 3 uint8 RGB image (the argmax of the probabilities)."""
+        return [_argmax_at_size(logits, shape) for logits, shape in self._small_logits(images)]
+
+    def _small_logits(self, images: List[np.ndarray]) -> List[Tuple[mx.nd.NDArray, Tuple[int, int]]]:
+        """Per image: its logits at working resolution with the padding cropped, and its original (H, W)."""
+        prepared = [self._prepare(image) for image in images]
+        outputs = self._forward([array for array, _ in prepared])
+        return [(logits[:, :inner[0], :inner[1]], image.shape[:2])
+                for logits, (_, inner), image in zip(outputs, prepared, images)]
+
+    def _prepare(self, image: np.ndarray) -> Tuple[np.ndarray, Tuple[int, int]]:
+        """The normalised, resized and padded 3 x S x S input, and the (h, w) the image occupies in it."""
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an H x W x 3 RGB image, got shape {image.shape}")
+        inner = _fit_inside(image.shape[:2], self.working_size)
+        resized = np.asarray(Image.fromarray(image).resize((inner[1], inner[0]), Image.BILINEAR))
+        padded = np.zeros((3, self.working_size, self.working_size), np.float32)
+        padded[:, : inner[0], : inner[1]] = normalize(resized)
+        return padded, inner
+
+    def _forward(self, inputs: List[np.ndarray]) -> List[mx.nd.NDArray]:
+        """Main-head logits (C x S x S, on the device that computed them) for each input, in order."""
+        parts = _split(inputs, len(self.contexts))
+        batches = [(ctx, part) for ctx, part in zip(self.contexts, parts) if part]
+        # All devices get their batch before any result is read, so they compute at the same time.
+        outputs = [_main_head(self._net(mx.nd.array(np.stack(part), ctx=ctx))) for ctx, part in batches]
+        return [batch_output[i] for batch_output in outputs for i in range(batch_output.shape[0])]
+
+
+def _fit_inside(shape: Tuple[int, int], size: int) -> Tuple[int, int]:
+    """(h, w) scaled so that the long side is `size`, keeping the aspect ratio (each side at least 1)."""
+    height, width = shape
+    scale = size / float(max(height, width))
+    return max(1, min(size, int(round(height * scale)))), max(1, min(size, int(round(width * scale))))
+
+
+def _split(items: List, parts: int) -> List[List]:
+    """`items` in `parts` consecutive runs whose lengths differ by at most one."""
+    bounds = np.linspace(0, len(items), parts + 1).round().astype(int)
+    return [items[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
+
+
+def _main_head(output) -> mx.nd.NDArray:
+    return output[0] if isinstance(output, (list, tuple)) else output
+
+
+def _resize(logits: mx.nd.NDArray, shape: Tuple[int, int]) -> mx.nd.NDArray:
+    """C x h x w -> C x H x W, bilinear."""
+    return mx.nd.contrib.BilinearResize2D(logits.expand_dims(0), height=shape[0], width=shape[1])[0]
+
+
+def _argmax_at_size(logits: mx.nd.NDArray, shape: Tuple[int, int]) -> np.ndarray:
+    """argmax over classes of the logits resized to `shape`, resizing a few classes at a time.
+
+    Bilinear resizing treats every channel on its own, so a running maximum over groups of classes gives
+    the same mask as resizing all of them at once, with at most MAX_RESIZED_VALUES floats per group.
+    """
+    best_value, best_class = None, None
+    for first, group in _class_groups(logits, shape):
+        resized = _resize(group, shape)
+        value, index = resized.max(axis=0), resized.argmax(axis=0) + first
+        if best_value is None:
+            best_value, best_class = value, index
+        else:
+            better = value > best_value
+            best_value = mx.nd.where(better, value, best_value)
+            best_class = mx.nd.where(better, index, best_class)
+    return best_class.asnumpy().astype(np.uint8)
+
+
+def _class_groups(logits: mx.nd.NDArray, shape: Tuple[int, int]) -> Iterator[Tuple[int, mx.nd.NDArray]]:
+    num_classes = logits.shape[0]
+    per_group = max(1, min(num_classes, MAX_RESIZED_VALUES // max(1, shape[0] * shape[1])))
+    for first in range(0, num_classes, per_group):
+        yield first, logits[first: first + per_group]

@@ -77,20 +77,26 @@ def _export_atomically(symbol, params, input_shape, path: Path) -> None:
     try:
         mx.onnx.export_model(symbol, params, in_shapes=[input_shape], in_types=[np.float32],
                              onnx_file_path=tmp_name)
-        _restamp_opset(tmp_name, ONNX_OPSET)
+        _finalize_onnx(tmp_name, ONNX_OPSET)
         os.replace(tmp_name, str(path))
     finally:
         if os.path.exists(tmp_name):
             os.remove(tmp_name)
 
 
-def _restamp_opset(onnx_file: str, opset: int) -> None:
+def _finalize_onnx(onnx_file: str, opset: int) -> None:
+    """Restamp the opset, and list the weights as constants only: MXNet's exporter also declares every
+    initializer as a graph input, which stops onnxruntime from folding constants (BatchNorm into Conv)."""
     import onnx
 
     model = onnx.load(onnx_file)
     for entry in model.opset_import:
         if entry.domain in ("", "ai.onnx"):
             entry.version = opset
+    weights = {initializer.name for initializer in model.graph.initializer}
+    real_inputs = [value for value in model.graph.input if value.name not in weights]
+    del model.graph.input[:]
+    model.graph.input.extend(real_inputs)
     onnx.checker.check_model(model)
     onnx.save(model, onnx_file)
 

@@ -7,6 +7,7 @@
 
 # The base must be Debian or Ubuntu (apt). For the GPU flavour it must carry the CUDA 11.x runtime and cuDNN 8
 # that mxnet-cu112 links against (it bundles neither).
+# Stages: system (OS packages) -> deps (venv, weights) -> app (segmaker); the final image copies from deps and app.
 ARG BASE_IMAGE=nvidia/cuda:11.2.2-cudnn8-runtime-ubuntu20.04
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -18,9 +19,10 @@ COPY container/install_system_packages.sh /tmp/install_system_packages.sh
 RUN bash /tmp/install_system_packages.sh runtime && rm /tmp/install_system_packages.sh
 
 # ---------------------------------------------------------------------------------------------------------------
-# builder: a virtualenv with MXNet, GluonCV and segmaker, plus the baked-in ImageNet weights. Only /opt/segmaker
-# is copied from here, so extra CA certificates, the wheelhouse and pip's cache never reach the final image.
-FROM system AS builder
+# deps: a virtualenv with MXNet, GluonCV and the other dependencies, plus the baked-in ImageNet weights. Only
+# /opt/segmaker is copied from here, so extra CA certificates, the wheelhouse and pip's cache never reach the
+# final image.
+FROM system AS deps
 ARG DEBIAN_FRONTEND=noninteractive
 ARG MXNET_PACKAGE=mxnet-cu112==1.9.1
 # true: install from container/wheelhouse/ only (no index): for builds without access to PyPI.
@@ -51,7 +53,7 @@ RUN if [ "$WHEELHOUSE_ONLY" = true ]; then export PIP_NO_INDEX=1; fi \
     && python /tmp/build/requirements_from_pyproject.py /tmp/build/pyproject.toml "$MXNET_PACKAGE" \
         > /tmp/build/requirements.txt \
     && pip install --quiet -r /tmp/build/requirements.txt \
-    && python -c "import mxnet, gluoncv; print('mxnet', mxnet.__version__, 'gluoncv', gluoncv.__version__)"
+    && python -c "import mxnet, gluoncv; print('mxnet', mxnet.__version__, 'imports')"
 
 # GluonCV's own downloader: model_store names, and the SHA-1 it checks every file against.
 COPY container/fetch_pretrained_weights.py /tmp/build/
@@ -64,19 +66,28 @@ RUN if [ "$PRETRAINED_WEIGHTS" = bake ]; then \
         echo "PRETRAINED_WEIGHTS must be bake or skip, not '$PRETRAINED_WEIGHTS'" >&2 && exit 1; \
     fi
 
+# segmaker itself goes to its own folder (on the venv's path through a .pth file), so that a change to src/
+# adds a layer of a few hundred KB to the final image instead of a new copy of the whole venv.
+RUN echo /opt/segmaker/app > "$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/segmaker-app.pth"
+
+# ---------------------------------------------------------------------------------------------------------------
+# app: the segmaker package, built from this repository.
+FROM deps AS app
+ARG WHEELHOUSE_ONLY=false
 COPY pyproject.toml README.md /tmp/build/src/
 COPY src/ /tmp/build/src/src/
 RUN if [ "$WHEELHOUSE_ONLY" = true ]; then export PIP_NO_INDEX=1; fi \
-    && pip install --quiet --no-deps /tmp/build/src \
-    && pip check \
-    && segmaker --help >/dev/null
+    && pip install --quiet --no-deps --no-warn-script-location --target /opt/segmaker/app /tmp/build/src \
+    && PATH=/opt/segmaker/app/bin:$PATH segmaker --help >/dev/null \
+    && pip check
 
 # ---------------------------------------------------------------------------------------------------------------
 # The image SageMaker runs: `train` or `serve` as the argument of the exec-form ENTRYPOINT, so SIGTERM from
 # `docker stop` / StopTrainingJob reaches Python directly (no shell in between).
 FROM system
-COPY --from=builder /opt/segmaker /opt/segmaker
-ENV PATH=/opt/segmaker/venv/bin:$PATH \
+COPY --from=deps /opt/segmaker /opt/segmaker
+COPY --from=app /opt/segmaker/app /opt/segmaker/app
+ENV PATH=/opt/segmaker/app/bin:/opt/segmaker/venv/bin:$PATH \
     MXNET_HOME=/opt/segmaker/mxnet \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # OS packages of the image, for Debian and Ubuntu bases alike (run inside `docker build`).
 #   runtime: Python 3 and the shared libraries the Python wheels load at run time
-#   build:   what only the builder stage needs (venv creation, CA certificate tooling)
+#   build:   what only the build stages need (venv creation, CA certificate tooling)
 set -euo pipefail
 
 # libgomp1, libquadmath0: libmxnet.so and the libgfortran it bundles. libgl1, libglib2.0-0: the cv2 module of

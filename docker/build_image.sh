@@ -56,7 +56,7 @@ cleanup() { rm -f "$CA_COPY"; }
 trap cleanup EXIT
 if [ -n "$EXTRA_CA" ]; then
     [ -r "$EXTRA_CA" ] || die "extra CA certificates file $EXTRA_CA is not readable"
-    # Lives in the build context only for this build; the Dockerfile uses it in the builder stage only.
+    # Lives in the build context only for this build; the Dockerfile uses it in the deps stage only.
     cp "$EXTRA_CA" "$CA_COPY"
 fi
 
@@ -66,7 +66,7 @@ fill_wheelhouse() {
     requirements="$(mktemp)"
     python3 "$REPO_ROOT/container/requirements_from_pyproject.py" "$REPO_ROOT/pyproject.toml" "$MXNET_PACKAGE" \
         >"$requirements"
-    echo "setuptools>=64" >>"$requirements"; echo "wheel" >>"$requirements"; echo "pip>=23,<25" >>"$requirements"
+    printf '%s\n' "setuptools>=64" wheel "pip>=23,<25" >>"$requirements"  # what the build installs besides
     python3 -m pip download --quiet --dest "$REPO_ROOT/container/wheelhouse" --only-binary=:all: \
         --python-version "$python_version" --implementation cp \
         --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
@@ -83,6 +83,6 @@ fi
 
 command -v docker >/dev/null || die "docker is not installed"
 echo "build_image: $TAG ($FLAVOUR, base $BASE, weights $WEIGHTS)"
-# The legacy builder: the engine here has no buildx. Everything secret stays in the builder stage anyway.
+# The legacy builder: the engine here has no buildx. Extra CA certificates stay in the deps stage anyway.
 DOCKER_BUILDKIT="${DOCKER_BUILDKIT:-0}" docker build --tag "$TAG" "${BUILD_ARGS[@]}" \
     ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"} "$REPO_ROOT"

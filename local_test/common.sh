@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # sourced by the other scripts, which use these variables
 # Shared settings of the local_test scripts (sourced, not run).
 # IMAGE: the image to run (default segmaker:cpu). WORK_DIR: where the /opt/ml tree lives while you experiment;
 # the scripts never write into the repository (local_test/test_dir is copied there first).

@@ -9,6 +9,7 @@
 # every GPU (NCCL); then a short training run on the sample tree and one prediction from the served model.
 set -euo pipefail
 export IMAGE="${IMAGE:-segmaker:gpu}"
+# shellcheck source=local_test/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 command -v nvidia-smi >/dev/null || die "no nvidia-smi on this host: it needs an NVIDIA GPU and driver"

@@ -6,6 +6,7 @@
 # ACCEPT: image/png (default: the class-id mask), application/json, application/x-recordio-protobuf.
 # OUTPUT defaults to IMAGE_FILE's name with .mask.png (or .json / .recordio) in the current folder.
 set -euo pipefail
+# shellcheck source=local_test/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 INPUT="${1:?usage: predict.sh IMAGE_FILE [OUTPUT [ACCEPT]]}"

@@ -4,6 +4,7 @@
 #
 #   local_test/serve_local.sh [MODEL_DIR]      (default: $WORK_DIR/opt_ml/model)
 set -euo pipefail
+# shellcheck source=local_test/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 MODEL_DIR="${1:-$OPT_ML/model}"

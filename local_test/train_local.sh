@@ -7,6 +7,7 @@
 # The tree is copied to $WORK_DIR/opt_ml first (default /tmp/segmaker-local); the model lands in
 # $WORK_DIR/opt_ml/model, metrics and plots in $WORK_DIR/opt_ml/output/data.
 set -euo pipefail
+# shellcheck source=local_test/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 SOURCE="${1:-$LOCAL_TEST_DIR/test_dir}"

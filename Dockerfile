@@ -7,7 +7,8 @@
 
 # The base must be Debian or Ubuntu (apt). For the GPU flavour it must carry the CUDA 11.x runtime and cuDNN 8
 # that mxnet-cu112 links against (it bundles neither).
-# Stages: system (OS packages) -> deps (venv, weights) -> app (segmaker); the final image copies from deps and app.
+# Stages: system (OS packages) -> build-base (venv, CA, pip) -> requirements -> deps (dependencies, weights) ->
+# app (segmaker); the final image is system plus /opt/segmaker from deps and app.
 ARG BASE_IMAGE=nvidia/cuda:11.2.2-cudnn8-runtime-ubuntu20.04
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -19,40 +20,47 @@ COPY container/install_system_packages.sh /tmp/install_system_packages.sh
 RUN bash /tmp/install_system_packages.sh runtime && rm /tmp/install_system_packages.sh
 
 # ---------------------------------------------------------------------------------------------------------------
-# deps: a virtualenv with MXNet, GluonCV and the other dependencies, plus the baked-in ImageNet weights. Only
-# /opt/segmaker is copied from here, so extra CA certificates, the wheelhouse and pip's cache never reach the
-# final image.
-FROM system AS deps
+# build-base: what every build stage shares: an empty virtualenv, extra CA certificates and pip's settings. The
+# final image copies only /opt/segmaker out of the build stages, so extra CA certificates, the wheelhouse and
+# pip's cache never reach it.
+FROM system AS build-base
 ARG DEBIAN_FRONTEND=noninteractive
-ARG MXNET_PACKAGE=mxnet-cu112==1.9.1
-# true: install from container/wheelhouse/ only (no index): for builds without access to PyPI.
+# true: pip installs from container/wheelhouse/ only, with no index (builds without access to PyPI).
 ARG WHEELHOUSE_ONLY=false
-ARG PRETRAINED_WEIGHTS=bake
-ARG WEIGHTS_REPO_URL=https://apache-mxnet.s3-accelerate.dualstack.amazonaws.com/
-
 COPY container/install_system_packages.sh /tmp/install_system_packages.sh
 RUN bash /tmp/install_system_packages.sh build
 
 # Extra CA certificates (*.crt), e.g. a TLS-inspecting proxy's, trusted by apt, pip and the weight download.
 COPY container/extra-ca-certificates/ /usr/local/share/ca-certificates/segmaker-extra/
 RUN update-ca-certificates >/dev/null
+# pip reads PIP_NO_INDEX=true/false as a flag, so the build argument switches the index off directly.
 ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
     REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_FIND_LINKS=/tmp/wheelhouse \
+    PIP_NO_INDEX=${WHEELHOUSE_ONLY} \
     MXNET_HOME=/opt/segmaker/mxnet \
     PATH=/opt/segmaker/venv/bin:$PATH
 COPY container/wheelhouse/ /tmp/wheelhouse/
+RUN python3 -m venv /opt/segmaker/venv && pip install --quiet --upgrade "pip>=23,<25"
 
-# Dependencies before the source, so editing src/ does not reinstall MXNet.
+# ---------------------------------------------------------------------------------------------------------------
+# requirements: pyproject.toml's runtime dependencies for this flavour. Its own stage so that editing other parts
+# of pyproject.toml (version, dev tools) leaves the cached dependency layer below untouched.
+FROM build-base AS requirements
+ARG MXNET_PACKAGE=mxnet-cu112==1.9.1
 COPY pyproject.toml container/requirements_from_pyproject.py /tmp/build/
-RUN if [ "$WHEELHOUSE_ONLY" = true ]; then export PIP_NO_INDEX=1; fi \
-    && python3 -m venv /opt/segmaker/venv \
-    && pip install --quiet --upgrade "pip>=23,<25" \
-    && python /tmp/build/requirements_from_pyproject.py /tmp/build/pyproject.toml "$MXNET_PACKAGE" \
-        > /tmp/build/requirements.txt \
-    && pip install --quiet -r /tmp/build/requirements.txt \
+RUN python /tmp/build/requirements_from_pyproject.py /tmp/build/pyproject.toml "$MXNET_PACKAGE" \
+        > /tmp/build/requirements.txt
+
+# ---------------------------------------------------------------------------------------------------------------
+# deps: MXNet, GluonCV and the other dependencies in the venv, plus the baked-in ImageNet weights.
+FROM build-base AS deps
+ARG PRETRAINED_WEIGHTS=bake
+ARG WEIGHTS_REPO_URL=https://apache-mxnet.s3-accelerate.dualstack.amazonaws.com/
+COPY --from=requirements /tmp/build/requirements.txt /tmp/build/requirements.txt
+RUN pip install --quiet -r /tmp/build/requirements.txt \
     && python -c "import mxnet, gluoncv; print('mxnet', mxnet.__version__, 'imports')"
 
 # GluonCV's own downloader: model_store names, and the SHA-1 it checks every file against.
@@ -73,11 +81,9 @@ RUN echo /opt/segmaker/app > "$(python -c 'import sysconfig; print(sysconfig.get
 # ---------------------------------------------------------------------------------------------------------------
 # app: the segmaker package, built from this repository.
 FROM deps AS app
-ARG WHEELHOUSE_ONLY=false
 COPY pyproject.toml README.md /tmp/build/src/
 COPY src/ /tmp/build/src/src/
-RUN if [ "$WHEELHOUSE_ONLY" = true ]; then export PIP_NO_INDEX=1; fi \
-    && pip install --quiet --no-deps --no-warn-script-location --target /opt/segmaker/app /tmp/build/src \
+RUN pip install --quiet --no-deps --no-warn-script-location --target /opt/segmaker/app /tmp/build/src \
     && PATH=/opt/segmaker/app/bin:$PATH segmaker --help >/dev/null \
     && pip check
 

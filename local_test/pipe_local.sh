@@ -11,6 +11,7 @@
 # Docker engine: a FIFO in a bind mount connects host and container only when they share one kernel
 # (not Docker Desktop's VM).
 set -euo pipefail
+# shellcheck source=local_test/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 SOURCE="${1:-$LOCAL_TEST_DIR/test_dir}"

@@ -6,6 +6,7 @@ uses, without baked weights (they cannot be downloaded here), so the tests exerc
 
 import functools
 import http.client
+import os
 import shutil
 import socket
 import subprocess
@@ -51,6 +52,22 @@ def ensure_cpu_image(tag: str = CPU_IMAGE) -> str:
     run([str(REPO_ROOT / "docker" / "make_base_image.sh")])
     run([str(REPO_ROOT / "docker" / "build_image.sh"), "--cpu", "--weights", "skip", "--tag", tag])
     return tag
+
+
+def ensure_debian_package(package: str, binary: str) -> str:
+    """The path of `binary`, installing Debian's `package` with apt-get first when it is missing (CI runs as
+    root on a fresh Debian machine); skip where that is impossible."""
+    found = shutil.which(binary)
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        install = ["apt-get", "install", "-y", "--no-install-recommends", package]
+        if run(install, check=False, env=env).returncode != 0:
+            run(["apt-get", "update"], env=env)  # a fresh machine may have no package lists yet
+            run(install, env=env)
+        found = shutil.which(binary)
+    if found is None:
+        pytest.skip(f"{binary} is not installed (apt-get install {package})")
+    return found
 
 
 def free_port() -> int:

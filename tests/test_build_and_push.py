@@ -13,7 +13,14 @@ from typing import Dict, Iterator
 
 import pytest
 
-from tests.docker_helpers import REPO_ROOT, aws_tools_bin, ensure_cpu_image, free_port, run
+from tests.docker_helpers import (
+    REPO_ROOT,
+    aws_tools_bin,
+    ensure_cpu_image,
+    ensure_debian_package,
+    free_port,
+    run,
+)
 
 # Every test here needs the AWS tools venv (built from PyPI on first use); the push test needs Docker too.
 pytestmark = pytest.mark.slow
@@ -63,25 +70,10 @@ def moto_endpoint(aws_bin, tmp_path_factory) -> Iterator[str]:
         log.close()
 
 
-def _ensure_docker_registry() -> str:
-    """Debian's docker-registry binary (the Distribution registry), installed with apt-get when missing."""
-    found = shutil.which("docker-registry")
-    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        install = ["apt-get", "install", "-y", "--no-install-recommends", "docker-registry"]
-        if run(install, check=False, env=env).returncode != 0:
-            run(["apt-get", "update"], env=env)
-            run(install, env=env)
-        found = shutil.which("docker-registry")
-    if found is None:
-        pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
-    return found
-
-
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory) -> Iterator[str]:
     """host:port of a throw-away registry on 127.0.0.1 (Docker treats loopback registries as insecure-ok)."""
-    binary = _ensure_docker_registry()
+    binary = ensure_debian_package("docker-registry", "docker-registry")  # the Distribution registry
     folder = tmp_path_factory.mktemp("registry")
     port = free_port()
     config = folder / "config.yml"

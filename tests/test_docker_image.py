@@ -5,6 +5,7 @@ Also the build helpers in container/ (fast tests, no Docker): the flavour's requ
 
 import io
 import json
+import sys
 import threading
 import time
 import zipfile
@@ -205,3 +206,38 @@ def test_docker_stop_ends_the_server_promptly(server):
     elapsed = time.monotonic() - started
     # A shell entrypoint or a server ignoring SIGTERM would take the full 30 s grace period.
     assert elapsed < 10, f"docker stop took {elapsed:.1f} s"
+
+
+# ---- lint of the image's files (hadolint and shellcheck come with the dev extras) ----
+
+SHELL_SCRIPTS = (
+    "build_and_push.sh",
+    "docker/make_base_image.sh",
+    "docker/build_image.sh",
+    "container/install_system_packages.sh",
+    "scripts/demo.sh",
+    "local_test/common.sh",
+    "local_test/train_local.sh",
+    "local_test/serve_local.sh",
+    "local_test/predict.sh",
+    "local_test/gpu_smoke.sh",
+    "local_test/pipe_local.sh",
+)
+
+
+def _tool(name: str) -> str:
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        pytest.skip(f"{name} is not installed (pip install -e '.[dev]')")
+    return str(path)
+
+
+def test_dockerfile_passes_hadolint():
+    result = run([_tool("hadolint"), str(REPO_ROOT / "Dockerfile")], check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_shell_scripts_pass_shellcheck():
+    scripts = [str(REPO_ROOT / script) for script in SHELL_SCRIPTS]
+    result = run([_tool("shellcheck"), "-x", *scripts], check=False, cwd=str(REPO_ROOT))
+    assert result.returncode == 0, result.stdout + result.stderr

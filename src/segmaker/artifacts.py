@@ -1,0 +1,332 @@
+"""The model directory: what training leaves in /opt/ml/model and what serving and incremental training read.
+
+```
+model_best.params   parameters at the best validation mIOU (built-in name; Gluon save_parameters format)
+model_algo-1        final parameters (built-in name; same format)
+hyperparams.json    the resolved hyperparameters
+segmaker.json       the manifest: architecture, working size, class names, label map, best epoch and mIOU
+model-symbol.json   hybridized export of the best parameters at working size, main head only
+model-0000.params
+model.onnx          where the algorithm exports (input 1x3xSxS, output 1xCxSxS logits)
+```
+
+Every file is first written into a staging folder inside the model directory and then renamed into place
+(same file system, so each rename is atomic); the manifest comes last, so a directory with a manifest is
+complete. The `model` channel may bring such a directory or a `model.tar.gz` of one.
+"""
+
+import json
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import mxnet as mx
+
+from segmaker.errors import UserError
+from segmaker.models import SegmentationInference, build_network, load_parameters
+
+LOG = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "segmaker.json"
+BEST_PARAMS = "model_best.params"
+FINAL_PARAMS = "model_algo-1"
+HYPERPARAMETERS = "hyperparams.json"
+EXPORT_PREFIX = "model"
+SYMBOL_FILE = EXPORT_PREFIX + "-symbol.json"
+EXPORT_PARAMS = EXPORT_PREFIX + "-0000.params"
+ONNX_FILE = "model.onnx"
+TARBALL = "model.tar.gz"
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """What `segmaker.json` records: enough to rebuild the network without the job's configuration."""
+
+    algorithm: str
+    backbone: str
+    num_classes: int
+    working_size: int
+    class_names: Tuple[str, ...] = ()
+    label_map: Optional[Mapping[str, object]] = None
+    best_epoch: Optional[int] = None
+    best_miou: Optional[float] = None
+
+    def names(self) -> List[str]:
+        """The class names, `class_<id>` for a model trained without names."""
+        return list(self.class_names) or [f"class_{i}" for i in range(self.num_classes)]
+
+    def to_json_dict(self) -> Dict[str, object]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "algorithm": self.algorithm,
+            "backbone": self.backbone,
+            "num_classes": self.num_classes,
+            "working_size": self.working_size,
+            "class_names": self.names(),
+            "label_map": dict(self.label_map) if self.label_map is not None else None,
+            "best_epoch": self.best_epoch,
+            "best_mIOU": self.best_miou,
+        }
+
+
+def manifest_from_json_dict(raw: Mapping[str, object], source: Path) -> ModelManifest:
+    """Parse a manifest; a missing or mistyped field is a UserError naming `source` and the key."""
+    version = raw.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise UserError(f"{source}: format_version {version!r} is newer than this segmaker reads"
+                        f" ({FORMAT_VERSION}); use the image that trained the model")
+    return ModelManifest(
+        algorithm=_field(raw, "algorithm", str, source),
+        backbone=_field(raw, "backbone", str, source),
+        num_classes=_field(raw, "num_classes", int, source),
+        working_size=_field(raw, "working_size", int, source),
+        class_names=tuple(str(name) for name in raw.get("class_names") or ()),
+        label_map=raw.get("label_map"),
+        best_epoch=raw.get("best_epoch"),
+        best_miou=raw.get("best_mIOU"),
+    )
+
+
+def _field(raw: Mapping[str, object], key: str, kind: type, source: Path):
+    value = raw.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise UserError(f"{source}: '{key}' must be a {kind.__name__}, not {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ModelArtifacts:
+    """A model directory that was read: its manifest and the paths of the files present (None if absent)."""
+
+    directory: Path
+    manifest: ModelManifest
+    best_params: Optional[Path] = None
+    final_params: Optional[Path] = None
+    hyperparameters: Optional[Path] = None
+    symbol_file: Optional[Path] = None
+    export_params: Optional[Path] = None
+    onnx_file: Optional[Path] = None
+    files: Tuple[str, ...] = field(default=(), repr=False)
+
+    def params_file(self, which: str = "best") -> Path:
+        """`best` (model_best.params) or `final` (model_algo-1); either falls back on the other."""
+        if which not in ("best", "final"):
+            raise ValueError(f"which must be 'best' or 'final', not {which!r}")
+        order = [self.best_params, self.final_params]
+        found = [path for path in (order if which == "best" else order[::-1]) if path is not None]
+        if not found:
+            raise UserError(f"model directory {self.directory} holds neither {BEST_PARAMS}"
+                            f" nor {FINAL_PARAMS}")
+        return found[0]
+
+
+ParamsSource = Union[Path, mx.gluon.HybridBlock]
+
+
+def write_model_dir(
+    model_dir: Path,
+    manifest: ModelManifest,
+    *,
+    final_net: mx.gluon.HybridBlock,
+    best: Optional[ParamsSource] = None,
+    hyperparameters: Mapping[str, object],
+    onnx: bool = True,
+) -> ModelArtifacts:
+    """Write the whole model directory; call once at the end of training, or on SIGTERM with the best so far.
+
+    `final_net` is the training network as it is now (written as model_algo-1). `best` holds the parameters
+    at the best validation mIOU: a network, or a parameter file the loop saved when that epoch ended (it
+    may already be `model_dir/model_best.params`); without it (no validation channel) the final parameters
+    are the best. The export and ONNX files are made from the best parameters, without the auxiliary head.
+    The ONNX export is the slow part (tens of seconds for ResNet-101 on a CPU): `onnx=False` skips it, e.g.
+    when SIGTERM leaves little time.
+    """
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=str(model_dir)))
+    try:
+        final_net.save_parameters(str(staging / FINAL_PARAMS))
+        _stage_best(best, staging, model_dir)
+        _write_json(staging / HYPERPARAMETERS, dict(hyperparameters))
+        inference_net = _inference_network(manifest, staging / BEST_PARAMS, manifest.working_size)
+        _export_symbol(inference_net, manifest.working_size, staging)
+        if onnx:
+            _export_onnx(inference_net, manifest.working_size, staging / ONNX_FILE)
+        _write_json(staging / MANIFEST, manifest.to_json_dict())
+        _publish(staging, model_dir)
+    finally:
+        shutil.rmtree(str(staging), ignore_errors=True)
+    return read_model_dir(model_dir)
+
+
+def save_parameters_atomically(net: mx.gluon.HybridBlock, path: Path) -> None:
+    """`net.save_parameters(path)` such that `path` is always either the old file or the complete new one."""
+    path = Path(path)
+    fd, temporary = tempfile.mkstemp(prefix="." + path.name + ".", dir=str(path.parent))
+    os.close(fd)
+    try:
+        net.save_parameters(temporary)
+        os.replace(temporary, str(path))
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def _stage_best(best: Optional[ParamsSource], staging: Path, model_dir: Path) -> None:
+    target = staging / BEST_PARAMS
+    if best is None:
+        shutil.copyfile(str(staging / FINAL_PARAMS), str(target))
+    elif isinstance(best, mx.gluon.Block):
+        best.save_parameters(str(target))
+    else:
+        # Copied even when it already is model_dir/model_best.params: the export below reads the staged copy,
+        # and publishing it again is harmless.
+        shutil.copyfile(str(best), str(target))
+
+
+def _write_json(path: Path, value: object) -> None:
+    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _inference_network(manifest: ModelManifest, params_file: Path, size: int) -> mx.gluon.HybridBlock:
+    """The network for `size` inputs without the auxiliary head, holding the parameters of `params_file`."""
+    net = build_network(manifest.algorithm, manifest.backbone, manifest.num_classes, size=size, aux=False)
+    load_parameters(net, params_file)
+    return net
+
+
+def _export_symbol(net: mx.gluon.HybridBlock, working_size: int, staging: Path) -> None:
+    # export() needs the cached graph, which exists only after one forward of the hybridized network.
+    net.hybridize(static_alloc=True, static_shape=True)
+    net(mx.nd.zeros((1, 3, working_size, working_size)))
+    net.export(str(staging / EXPORT_PREFIX), epoch=0)
+
+
+def _export_onnx(net: mx.gluon.HybridBlock, working_size: int, path: Path) -> None:
+    try:
+        from segmaker.export import export_onnx
+    except ImportError as exc:
+        LOG.info("ONNX export skipped: %s", exc)
+        return
+    export_onnx(net, working_size, path)
+
+
+def _publish(staging: Path, model_dir: Path) -> None:
+    """Rename every staged file into the model directory, the manifest last; drop files of an older write
+    that this one did not produce (an ONNX file the new model could not be exported to)."""
+    produced = sorted(p.name for p in staging.iterdir())
+    for stale in set(_MANAGED_FILES) - set(produced):
+        if (model_dir / stale).exists():
+            (model_dir / stale).unlink()
+    for name in sorted(produced, key=lambda n: n == MANIFEST):
+        os.replace(str(staging / name), str(model_dir / name))
+
+
+_MANAGED_FILES = (BEST_PARAMS, FINAL_PARAMS, HYPERPARAMETERS, SYMBOL_FILE, EXPORT_PARAMS, ONNX_FILE, MANIFEST)
+
+
+def read_model_dir(path: Path, *, extract_dir: Optional[Path] = None) -> ModelArtifacts:
+    """Read a model directory, or a directory holding `model.tar.gz`, or such a tarball itself.
+
+    A tarball is extracted into `extract_dir` (default: a new temporary directory, left for the process'
+    lifetime since the returned paths point into it).
+    """
+    path = Path(path)
+    if path.is_file() and path.name.endswith(".tar.gz"):
+        return read_model_dir(_extract(path, extract_dir))
+    if not path.is_dir():
+        raise UserError(f"model directory {path} does not exist")
+    directory = _directory_with_manifest(path)
+    if directory is None:
+        if (path / TARBALL).is_file():
+            return read_model_dir(_extract(path / TARBALL, extract_dir))
+        raise UserError(f"{path} holds no segmaker model: expected {MANIFEST} or {TARBALL}, found "
+                        f"{_listing(path)}. Only models trained by segmaker can be loaded.")
+    return _artifacts(directory)
+
+
+def _directory_with_manifest(path: Path) -> Optional[Path]:
+    """`path` itself, or its only subdirectory (a tarball made of the folder rather than its contents)."""
+    if (path / MANIFEST).is_file():
+        return path
+    subdirectories = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if len(subdirectories) == 1 and (subdirectories[0] / MANIFEST).is_file():
+        return subdirectories[0]
+    return None
+
+
+def _listing(path: Path) -> str:
+    names = sorted(p.name for p in path.iterdir())
+    return ", ".join(names[:10]) + (" ..." if len(names) > 10 else "") if names else "nothing"
+
+
+def _artifacts(directory: Path) -> ModelArtifacts:
+    manifest_path = directory / MANIFEST
+    try:
+        raw = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UserError(f"{manifest_path} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{manifest_path} must hold a JSON object")
+
+    def present(name: str) -> Optional[Path]:
+        return directory / name if (directory / name).is_file() else None
+
+    return ModelArtifacts(
+        directory=directory,
+        manifest=manifest_from_json_dict(raw, manifest_path),
+        best_params=present(BEST_PARAMS),
+        final_params=present(FINAL_PARAMS),
+        hyperparameters=present(HYPERPARAMETERS),
+        symbol_file=present(SYMBOL_FILE),
+        export_params=present(EXPORT_PARAMS),
+        onnx_file=present(ONNX_FILE),
+        files=tuple(sorted(p.name for p in directory.iterdir() if p.is_file())),
+    )
+
+
+def _extract(tarball: Path, extract_dir: Optional[Path]) -> Path:
+    if extract_dir is None:
+        extract_dir = Path(tempfile.mkdtemp(prefix="segmaker-model-"))
+    target = Path(extract_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(str(tarball), "r:*") as archive:
+            members = [_checked_member(member, tarball) for member in archive.getmembers()]
+            archive.extractall(str(target), members=[m for m in members if m is not None])
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise UserError(f"cannot extract model archive {tarball}: {exc}") from None
+    return target
+
+
+def _checked_member(member: tarfile.TarInfo, tarball: Path) -> Optional[tarfile.TarInfo]:
+    """Regular files and folders only, and only below the extraction folder (no '..', no absolute paths)."""
+    parts = Path(member.name).parts
+    if member.name.startswith(("/", "\\")) or ".." in parts:
+        raise UserError(f"model archive {tarball} holds an entry outside its folder: {member.name!r}")
+    return member if member.isfile() or member.isdir() else None
+
+
+def check_compatible(artifacts: ModelArtifacts, algorithm: str, backbone: str, num_classes: int) -> None:
+    """UserError listing every difference between the model channel's model and this job's architecture."""
+    manifest = artifacts.manifest
+    wanted = {"algorithm": algorithm, "backbone": backbone, "num_classes": num_classes}
+    differences = [f"{key} is {getattr(manifest, key)!r} in the model but {value!r} in the hyperparameters"
+                   for key, value in wanted.items() if getattr(manifest, key) != value]
+    if differences:
+        raise UserError(f"the model channel's model ({artifacts.directory}) cannot be trained further by this"
+                        f" job: {'; '.join(differences)}")
+
+
+def load_inference(artifacts: ModelArtifacts, contexts: Sequence[mx.Context], *, params: str = "best",
+                   working_size: Optional[int] = None) -> SegmentationInference:
+    """The MXNet inference engine for a model directory, at the manifest's working size or `working_size`."""
+    size = working_size or artifacts.manifest.working_size
+    net = _inference_network(artifacts.manifest, artifacts.params_file(params), size)
+    return SegmentationInference(net, size, contexts)

@@ -79,6 +79,9 @@ class ModelServer(BaseApplication):
             "errorlog": "-",
             "loglevel": "info",
         }
+        # gunicorn >= 23 opens a control socket in ~/.gunicorn: not needed, and the home may be read-only.
+        if "control_socket_disable" in self.cfg.settings:
+            options["control_socket_disable"] = True
         for key, value in options.items():
             self.cfg.set(key, value)
 
@@ -103,7 +106,8 @@ class ModelServer(BaseApplication):
 
 
 def run(settings: Optional[ServingSettings] = None) -> int:
-    """Serve until SIGTERM/SIGINT; return the exit status (non-zero when a worker cannot load the model)."""
+    """Serve until SIGTERM/SIGINT, then return 0; when a worker cannot load the model, gunicorn stops the
+    server and raises SystemExit(3) out of this call."""
     settings = settings or read_serving_settings()
     if not settings.model_dir.is_dir():
         raise UserError(f"no model to serve: {settings.model_dir} is not a directory "
@@ -114,10 +118,10 @@ def run(settings: Optional[ServingSettings] = None) -> int:
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     LOG.info("serving %s on port %d: %d worker(s) x %d thread(s)%s", settings.model_dir, settings.port,
              plan.workers, plan.threads_per_worker, f", {plan.gpus} GPU(s)" if plan.gpus else "")
-    try:
-        ModelServer(settings, plan).run()
-    except SystemExit as exit_:  # gunicorn's arbiter halts with sys.exit(status)
-        return exit_.code if isinstance(exit_.code, int) else 1
+    # No `except SystemExit` here: workers are forked from inside this call, and each ends with
+    # sys.exit(status) that must reach the interpreter unchanged (a worker that could not load the model
+    # exits 3, which makes the master halt the server, itself via sys.exit(3), rather than respawn it).
+    ModelServer(settings, plan).run()
     return 0
 
 

@@ -114,6 +114,31 @@ class ModelArtifacts:
     onnx_file: Optional[Path] = None
     files: Tuple[str, ...] = field(default=(), repr=False)
 
+    # The manifest's fields, readable directly on the artifacts (what serving and training mostly need).
+    @property
+    def algorithm(self) -> str:
+        return self.manifest.algorithm
+
+    @property
+    def backbone(self) -> str:
+        return self.manifest.backbone
+
+    @property
+    def num_classes(self) -> int:
+        return self.manifest.num_classes
+
+    @property
+    def working_size(self) -> int:
+        return self.manifest.working_size
+
+    @property
+    def class_names(self) -> List[str]:
+        return self.manifest.names()
+
+    @property
+    def label_map(self) -> Optional[Mapping[str, object]]:
+        return self.manifest.label_map
+
     def params_file(self, which: str = "best") -> Path:
         """`best` (model_best.params) or `final` (model_algo-1); either falls back on the other."""
         if which not in ("best", "final"):

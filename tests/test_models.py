@@ -282,3 +282,18 @@ def test_inference_of_an_image_at_working_size_is_the_networks_own_output(shared
 def test_inference_refuses_sizes_that_are_no_multiple_of_8(shared_network):
     with pytest.raises(ValueError, match="multiple of 8"):
         SegmentationInference(shared_network("fcn"), 60, [mx.cpu()])
+
+
+def test_parameters_copied_after_the_engine_is_built_are_used(shared_network):
+    """Validation builds its engine once and copies the training weights in every epoch."""
+    mx.random.seed(42)
+    target = build_network("fcn", "resnet50", NUM_CLASSES, size=SIZE, aux=False)
+    engine = SegmentationInference(target, SIZE, [mx.cpu()])
+    image = random_images((SIZE, SIZE))[0]
+    before = engine.predict_probabilities([image])[0]
+    source = shared_network("fcn")
+    copy_parameters(source, target)
+    expected = mx.nd.softmax(source(mx.nd.array(models.normalize(image)[None]))[0][0], axis=0).asnumpy()
+    after = engine.predict_probabilities([image])[0]
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(after, expected, rtol=1e-4, atol=1e-6)

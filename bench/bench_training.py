@@ -107,7 +107,7 @@ def main(argv=None) -> int:
         trainer = Trainer(job, contexts)
         data = find_training_data(job)
         with DataFeed(job.config, data) as feed:
-            batches = feed.train_batches(0)
+            batches = feed.train_batches(0, args.warmup + args.iterations)
             trainer.run(batches, args.warmup)  # starts the data workers and builds the graph
             trainer.run(in_memory_batches(job.config), args.warmup)
             model_only = trainer.run(in_memory_batches(job.config), args.iterations)

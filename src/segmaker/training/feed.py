@@ -1,9 +1,17 @@
-"""The data side of training: which samples, which label maps, and the loaders that turn them into batches."""
+"""The data side of training: which samples (File mode lists or Pipe-mode streams), which label maps,
+and the loader that turns them into batches.
+
+File mode: the samples are listed once; each epoch shuffles them. Pipe mode: each pass over a channel
+reads the next FIFO SageMaker opens (`train_0`, `train_1`, ... counted within this process, because a
+restarted job gets its FIFOs numbered from 0 again), and an epoch is `num_training_samples` long.
+"""
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+
+import numpy as np
 
 from segmaker.data import (
     BatchLoader,
@@ -19,41 +27,76 @@ from segmaker.data import (
     shard,
 )
 from segmaker.data.loader import Batch, ValidationBatch
+from segmaker.data.pipe import PipeChannel
 from segmaker.errors import UserError
 from segmaker.transforms import train_transform
 
 log = logging.getLogger(__name__)
 
 LABEL_MAP_CHANNEL = "label_map"
+PIPE_SHUFFLE_BUFFER = 64  # (image, mask) pairs held back to shuffle a Pipe-mode stream
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split's samples: a File-mode list, or a Pipe-mode channel streamed anew on every pass."""
+
+    files: Optional[List[FileSample]] = None
+    pipe: Optional[PipeChannel] = None
+
+    @property
+    def size(self) -> Optional[int]:
+        return None if self.files is None else len(self.files)
 
 
 @dataclass(frozen=True)
 class TrainingData:
-    """This worker's samples and the label maps that decode their masks."""
+    """This worker's splits and the label maps that decode their masks."""
 
-    train_samples: List[FileSample]
-    validation_samples: Optional[List[FileSample]]
+    train: Split
+    validation: Optional[Split]
     train_label_map: LabelMap
     validation_label_map: LabelMap
 
     @property
     def has_validation(self) -> bool:
-        return self.validation_samples is not None
+        return self.validation is not None
+
+    def describe_train(self) -> str:
+        if self.train.files is not None:
+            return f"{len(self.train.files)} training samples"
+        return f"training samples streamed from Pipe-mode channel {self.train.pipe.channel!r}"
 
 
 def find_training_data(job, rank: int = 0, world_size: int = 1) -> TrainingData:
-    """The File-mode samples of the job's channels (train is sharded by host, validation is not)."""
-    _refuse_pipe_mode(job.channels)
+    """The train (sharded by host) and validation splits of the job's channels, in File or Pipe mode."""
     num_classes = job.config.num_classes
     label_dir = label_map_dir(job.paths)
-    train = shard(find_file_samples(job.paths, "train"), rank, world_size)
-    validation = find_file_samples(job.paths, "validation") if has_split(job.paths, "validation") else None
+    validation = None
+    if _is_pipe(job.channels, "validation") or has_split(job.paths, "validation"):
+        validation = _split(job, "validation", 0, 1)
     return TrainingData(
-        train_samples=train,
-        validation_samples=validation,
+        train=_split(job, "train", rank, world_size),
+        validation=validation,
         train_label_map=load_label_map(label_map_file(label_dir, "train"), num_classes),
         validation_label_map=load_label_map(label_map_file(label_dir, "validation"), num_classes),
     )
+
+
+def _split(job, name: str, rank: int, world_size: int) -> Split:
+    if _is_pipe(job.channels, name):
+        channel = PipeChannel(job.paths, name, rank, world_size, _shuffle_buffer(name), job.config.seed)
+        return Split(pipe=channel)
+    return Split(files=shard(find_file_samples(job.paths, name), rank, world_size))
+
+
+def _is_pipe(channels: Dict[str, object], name: str) -> bool:
+    channel = channels.get(name)
+    return channel is not None and channel.is_pipe
+
+
+def _shuffle_buffer(split: str) -> int:
+    return PIPE_SHUFFLE_BUFFER if split == "train" else 0
 
 
 def label_map_dir(paths) -> Optional[Path]:
@@ -61,24 +104,23 @@ def label_map_dir(paths) -> Optional[Path]:
     return folder if folder.is_dir() else None
 
 
-def _refuse_pipe_mode(channels) -> None:
-    piped = sorted(name for name, channel in channels.items() if channel.is_pipe)
-    if piped:
+def iterations_per_epoch(num_training_samples: Optional[int], found: Optional[int], batch_size: int) -> int:
+    """floor(num_training_samples / mini_batch_size) as in the built-in; the count defaults to the data's.
+
+    `found` is None in Pipe mode, where the stream's length is unknown and num_training_samples required.
+    """
+    if num_training_samples is None and found is None:
         raise UserError(
-            f"channel(s) {', '.join(piped)} use Pipe mode, which this training build does not read yet;"
-            " use File or FastFile mode"
+            "num_training_samples is required when the train channel uses Pipe mode: it sets how many"
+            " iterations an epoch has"
         )
-
-
-def iterations_per_epoch(num_training_samples: Optional[int], found: int, batch_size: int) -> int:
-    """floor(num_training_samples / mini_batch_size) as in the built-in; the count defaults to the data's."""
-    samples = num_training_samples if num_training_samples is not None else found
-    if num_training_samples is not None and num_training_samples > found:
+    if num_training_samples is not None and found is not None and num_training_samples > found:
         log.warning(
             "num_training_samples is %d but the train channel holds %d samples; an epoch re-visits samples",
             num_training_samples,
             found,
         )
+    samples = num_training_samples if num_training_samples is not None else found
     iterations = samples // batch_size
     if iterations < 1:
         raise UserError(
@@ -89,11 +131,18 @@ def iterations_per_epoch(num_training_samples: Optional[int], found: int, batch_
 
 
 class DataFeed:
-    """Worker processes that decode and augment; training batches per epoch and validation batches."""
+    """Worker processes that decode and augment; training batches per epoch and validation batches.
 
-    def __init__(self, config, data: TrainingData):
+    The first `keep_examples` validation samples of the latest validation pass stay in memory
+    (`examples`) for the prediction plot, so plotting never reads a channel (or a FIFO) again.
+    """
+
+    def __init__(self, config, data: TrainingData, keep_examples: int = 0):
         self.config = config
         self.data = data
+        self.keep_examples = keep_examples
+        self.examples: Tuple[List[np.ndarray], List[np.ndarray]] = ([], [])
+        self._pipe_passes = {"train": 0, "validation": 0}
         self.pool = WorkerPool(resolve_worker_count(config.data_workers))
         self.loader = BatchLoader(
             train_transform(config.base_size, config.crop_size),
@@ -113,16 +162,48 @@ class DataFeed:
         self.loader.close()
         self.pool.close()
 
-    def train_batches(self, epoch: int) -> Iterator[Batch]:
-        """An endless supply of batches for `epoch`: passes over the samples repeat as needed."""
+    def train_batches(self, epoch: int, count: int) -> Iterator[Batch]:
+        """Up to `count` batches for `epoch` (fewer only if a Pipe-mode stream ends early).
+
+        Only what is needed is submitted to the workers: abandoning prefetched batches would make the
+        pool restart its processes, which costs seconds before validation can decode anything.
+        """
+        split = self.data.train
+        if split.pipe is not None:
+            stream = split.pipe.epoch(self._next_pipe_pass("train"))
+            yield from self.loader.epoch(stream, epoch, shuffle=False, max_batches=count)
+            return
+        per_pass = self.loader.batches_per_epoch(len(split.files))
         repeat = 0
-        while True:
+        while count > 0:
+            wanted = min(count, per_pass)
             # Distinct (epoch, repeat) pairs keep each pass's shuffle and augmentation different.
-            yield from self.loader.epoch(self.data.train_samples, epoch * 1000 + repeat)
+            yield from self.loader.epoch(split.files, epoch * 1000 + repeat, max_batches=wanted)
+            count -= wanted
             repeat += 1
 
-    def validation_batches(self, limit: Optional[int] = None) -> Iterator[ValidationBatch]:
-        samples = self.data.validation_samples or []
-        return iter_validation_samples(
-            samples[:limit], self.data.validation_label_map, self.config.validation_mini_batch_size, self.pool
+    def validation_batches(self) -> Iterator[ValidationBatch]:
+        """One pass over the validation split at each image's own resolution."""
+        split = self.data.validation
+        if split.pipe is None:
+            samples: Iterable = split.files
+        else:
+            samples = split.pipe.epoch(self._next_pipe_pass("validation"))
+        batches = iter_validation_samples(
+            samples, self.data.validation_label_map, self.config.validation_mini_batch_size, self.pool
         )
+        self.examples = ([], [])
+        for images, masks in batches:
+            self._keep(images, masks)
+            yield images, masks
+
+    def _keep(self, images: List[np.ndarray], masks: List[np.ndarray]) -> None:
+        room = self.keep_examples - len(self.examples[0])
+        if room > 0:
+            self.examples[0].extend(images[:room])
+            self.examples[1].extend(masks[:room])
+
+    def _next_pipe_pass(self, split: str) -> int:
+        index = self._pipe_passes[split]
+        self._pipe_passes[split] = index + 1
+        return index

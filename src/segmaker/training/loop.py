@@ -10,6 +10,7 @@ import random
 import shutil
 import tempfile
 import threading
+import time
 from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -76,12 +77,12 @@ def train(job: TrainingJob, stop_requested: threading.Event) -> TrainingResult:
     check_precision(config.precision_dtype, contexts)
     _seed(config.seed)
     data = find_training_data(job, role.rank, role.world_size)
-    per_epoch = iterations_per_epoch(
-        config.num_training_samples, len(data.train_samples), config.mini_batch_size
-    )
+    per_epoch = iterations_per_epoch(config.num_training_samples, data.train.size, config.mini_batch_size)
     _log_plan(config, contexts, data, per_epoch)
     net = build_training_network(job, contexts)
-    with DataFeed(config, data) as feed, tempfile.TemporaryDirectory(prefix="segmaker-") as scratch:
+    with DataFeed(config, data, keep_examples=PLOTTED_EXAMPLES) as feed, tempfile.TemporaryDirectory(
+        prefix="segmaker-"
+    ) as scratch:
         run = _Run(job, role, contexts, net, feed, per_epoch, Path(scratch))
         return run.run(stop_requested)
 
@@ -96,13 +97,12 @@ def _seed(seed: Optional[int]) -> None:
 
 def _log_plan(config, contexts, data: TrainingData, per_epoch: int) -> None:
     log.info(
-        "Training %s/%s (%d classes) on %s: %d training samples, %d iterations per epoch of %d images,"
-        " %d epochs",
+        "Training %s/%s (%d classes) on %s: %s, %d iterations per epoch of %d images," " %d epochs",
         config.algorithm,
         config.backbone,
         config.num_classes,
         ", ".join(str(ctx) for ctx in contexts),
-        len(data.train_samples),
+        data.describe_train(),
         per_epoch,
         config.mini_batch_size,
         config.epochs,
@@ -178,7 +178,7 @@ class _Run:
         if remaining <= 0 or stop.is_set():
             return state
         plan = EpochPlan(epoch, state.completed_iterations, remaining, self.per_epoch)
-        with closing(self.feed.train_batches(epoch)) as batches:
+        with closing(self.feed.train_batches(epoch, remaining)) as batches:
             stats = train_one_epoch(
                 self.net,
                 self.trainer,
@@ -190,16 +190,24 @@ class _Run:
                 stop,
                 self.config.precision_dtype,
             )
-        return replace(
-            state,
-            completed_iterations=state.completed_iterations + stats.iterations,
-            partial_epoch=state.partial_epoch + stats,
-        )
+        completed = state.completed_iterations + stats.iterations
+        if stats.iterations < remaining and not stop.is_set():
+            log.warning(
+                "The training data ended after %d of the %d iterations of epoch %d (Pipe mode: fewer samples"
+                " than num_training_samples?); going on with the next epoch",
+                stats.iterations,
+                remaining,
+                epoch,
+            )
+            completed = (epoch + 1) * self.per_epoch  # keep the schedule on its epoch boundaries
+        return replace(state, completed_iterations=completed, partial_epoch=state.partial_epoch + stats)
 
     def _end_epoch(self, epoch: int, state: TrainingState) -> TrainingState:
         """Validate, update early stopping and the best weights, report; the epoch joins the history."""
         stats = state.partial_epoch
+        validation_started = time.monotonic()
         scores = self._validate()
+        validation_seconds = time.monotonic() - validation_started
         early_stopping = state.early_stopping
         if scores is not None:
             early_stopping = early_stopping.update(epoch, scores["mIOU"], self.rule)
@@ -222,6 +230,7 @@ class _Run:
             partial_epoch=EpochStats(),
         )
         self._report(record, scores)
+        log.info("Epoch %d: training %.1f s, validation %.1f s", epoch, record.seconds, validation_seconds)
         if self.role.is_main:
             outputs.write_metrics(
                 [EpochRecord.from_dict(row) for row in state.history], self.job.paths.output_data_dir
@@ -245,7 +254,6 @@ class _Run:
         lines.append(metrics.progress_line(host, epoch + 1, self.config.epochs))
         # The metric lines go to stdout bare (no timestamp prefix), byte for byte as the built-in prints them.
         print("\n".join(lines), flush=True)
-        log.info("Epoch %d took %.1f s", epoch, record.seconds)
 
     # -- the end -------------------------------------------------------------------------------------------
 
@@ -266,11 +274,10 @@ class _Run:
         outputs.write_metrics(records, out_dir)
         if records:
             outputs.plot_curves(records, out_dir / outputs.CURVES_PNG)
-        if self.validator is not None and best is not None:
+        images, truths = self.feed.examples
+        if self.validator is not None and best is not None and images:
             self.validator.load_weights_file(best)
-            images, truths, predicted = self.validator.examples(
-                self.feed.validation_batches(PLOTTED_EXAMPLES)
-            )
+            predicted = self.validator.predict(images)
             outputs.plot_predictions(
                 images, truths, predicted, self.config.num_classes, out_dir / outputs.PREDICTIONS_PNG
             )

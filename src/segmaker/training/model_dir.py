@@ -1,12 +1,12 @@
 """What training leaves in /opt/ml/model, written by `artifacts` (which owns the directory's format)."""
 
 import logging
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import mxnet as mx
 
+from segmaker import artifacts
 from segmaker.data import LabelMap
 from segmaker.training.early_stopping import EarlyStoppingState
 
@@ -22,19 +22,22 @@ def write_model(
     working_size: int,
 ) -> None:
     """The model directory: best parameters (the final ones when nothing was validated) and final ones."""
-    from segmaker import artifacts
-
-    with tempfile.TemporaryDirectory(prefix="segmaker-final-") as scratch:
-        final_params = Path(scratch) / "final.params"
-        net.save_parameters(str(final_params))
-        artifacts.write_model_dir(
-            job.paths.model_dir,
-            config=job.config,
-            best_params=best_params or final_params,
-            final_params=final_params,
-            label_map=label_map,
-            working_size=working_size,
-            best_epoch=early_stopping.best_epoch,
-            best_miou=early_stopping.best_miou if early_stopping.best_epoch is not None else None,
-        )
+    config = job.config
+    validated = early_stopping.best_epoch is not None
+    manifest = artifacts.ModelManifest(
+        algorithm=config.algorithm,
+        backbone=config.backbone,
+        num_classes=config.num_classes,
+        working_size=working_size,
+        label_map=label_map.to_json(),
+        best_epoch=early_stopping.best_epoch,
+        best_miou=early_stopping.best_miou if validated else None,
+    )
+    artifacts.write_model_dir(
+        job.paths.model_dir,
+        manifest,
+        final_net=net,
+        best=best_params,
+        hyperparameters=config.to_json_dict(),
+    )
     log.info("Model written to %s", job.paths.model_dir)

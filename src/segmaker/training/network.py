@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import mxnet as mx
 
-from segmaker import models
+from segmaker import artifacts, models
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +58,13 @@ def _load_starting_weights(net: mx.gluon.HybridBlock, job) -> None:
 
 
 def _load_previous_model(net: mx.gluon.HybridBlock, model_dir: Path, config) -> None:
-    from segmaker import artifacts
-
     previous = artifacts.read_model_dir(model_dir)
-    artifacts.check_compatible(previous, config)
-    log.info("Incremental training: starting from the model in %s", model_dir)
-    artifacts.load_training_weights(previous, net)
+    artifacts.check_compatible(previous, config.algorithm, config.backbone, config.num_classes)
+    params_file = previous.params_file("best")
+    log.info("Incremental training: starting from %s", params_file)
+    # A model trained without the auxiliary head cannot start a job with aux_loss=True: the error names
+    # the file and the first missing parameter (auxlayer...).
+    models.load_parameters(net, params_file)
 
 
 def build_validation_network(config) -> mx.gluon.HybridBlock:

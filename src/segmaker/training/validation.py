@@ -2,7 +2,7 @@
 its own resolution, counted into ONE confusion matrix for the whole validation set."""
 
 from pathlib import Path
-from typing import Iterable, List, Tuple
+from typing import Iterable, List
 
 import mxnet as mx
 import numpy as np
@@ -11,8 +11,6 @@ from segmaker import models
 from segmaker.data.loader import ValidationBatch
 from segmaker.metrics import ConfusionMatrix
 from segmaker.training.network import build_validation_network, working_size
-
-Examples = Tuple[List[np.ndarray], List[np.ndarray], List[np.ndarray]]  # images, true masks, predicted masks
 
 
 class Validator:
@@ -39,11 +37,6 @@ class Validator:
                 matrix.update(predicted, truth)
         return matrix
 
-    def examples(self, batches: Iterable[ValidationBatch]) -> Examples:
-        """Images, true and predicted masks of `batches`, for the prediction plot."""
-        images: List[np.ndarray] = []
-        truths: List[np.ndarray] = []
-        for batch_images, batch_masks in batches:
-            images.extend(batch_images)
-            truths.extend(batch_masks)
-        return images, truths, self._inference.predict_masks(images) if images else []
+    def predict(self, images: List[np.ndarray]) -> List[np.ndarray]:
+        """Predicted masks (H x W uint8) of HxWx3 uint8 images, with the loaded weights."""
+        return self._inference.predict_masks(images)

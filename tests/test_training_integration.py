@@ -1,0 +1,202 @@
+"""Real training runs on tiny synthetic data, through the `segmaker train` command as SageMaker runs it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segmaker import cli
+from segmaker.environment import Paths
+from segmaker.outputs import read_metrics
+from tests.synthetic import write_opt_ml, write_split
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = {
+    "use_pretrained_model": "False",
+    "crop_size": 32,
+    "base_size": 48,
+    "epochs": 1,
+    "mini_batch_size": 2,
+    "validation_mini_batch_size": 2,
+    "data_workers": 1,
+    "seed": 3,
+}
+MODEL_FILES = ("model_best.params", "model_algo-1", "hyperparams.json", "segmaker.json")
+
+
+def train_in_process(monkeypatch, paths: Paths, **environ) -> int:
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(paths.base))
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+    return cli.main(["train"])
+
+
+def failure(paths: Paths) -> str:
+    return paths.failure_file.read_text()
+
+
+@pytest.mark.parametrize("algorithm", ["fcn", "psp", "deeplab"])
+def test_each_algorithm_trains_and_validates_at_non_square_sizes(tmp_path, monkeypatch, algorithm):
+    paths = write_opt_ml(tmp_path, train=4, validation=3, hyperparameters=dict(FAST, algorithm=algorithm))
+    sizes = {Image.open(str(p)).size for p in paths.channel_dir("validation").iterdir()}
+    assert all(width != height for width, height in sizes)  # validation images are never square
+
+    assert train_in_process(monkeypatch, paths) == 0, failure(paths)
+    (record,) = read_metrics(paths.output_data_dir)
+    assert 0.0 <= record.mIOU <= 1.0 and 0.0 < record.pixel_accuracy <= 1.0
+    assert all((paths.model_dir / name).is_file() for name in MODEL_FILES)
+    assert json.loads((paths.model_dir / "segmaker.json").read_text())["algorithm"] == algorithm
+
+
+def test_two_cpu_devices_split_each_batch(tmp_path, monkeypatch, capsys):
+    paths = write_opt_ml(tmp_path, train=8, validation=2, hyperparameters=dict(FAST, mini_batch_size=4))
+    assert train_in_process(monkeypatch, paths, SEGMAKER_CPU_DEVICES="2") == 0, failure(paths)
+    out = capsys.readouterr().out
+    assert "on cpu(0), cpu(1): 8 training samples, 2 iterations per epoch of 4 images" in out
+    assert "#quality_metric. host: algo-1, epoch: 0, validation mIOU: " in out
+
+
+def test_a_short_run_learns_the_easy_task(tmp_path, monkeypatch):
+    """Colour encodes the class: a working loop gets far above the all-background mIOU in about a minute."""
+    hyperparameters = dict(
+        FAST, crop_size=48, base_size=48, epochs=8, mini_batch_size=4, optimizer="adam", learning_rate=0.001
+    )
+    paths = write_opt_ml(tmp_path, num_classes=2, train=16, validation=4, hyperparameters=hyperparameters)
+    started = time.monotonic()
+    assert train_in_process(monkeypatch, paths) == 0, failure(paths)
+    seconds = time.monotonic() - started
+    records = read_metrics(paths.output_data_dir)
+    baseline = all_background_miou(paths)
+    best = max(r.mIOU for r in records)
+    print(f"learning run: {seconds:.0f} s, best mIOU {best:.3f}, all-background mIOU {baseline:.3f}")
+    assert best > baseline + 0.25
+    assert records[-1].train_loss < records[0].train_loss
+
+
+def all_background_miou(paths: Paths) -> float:
+    """mIOU of predicting class 0 everywhere on the validation masks (2 classes, both present)."""
+    masks = [np.asarray(Image.open(str(p))) for p in paths.channel_dir("validation_annotation").iterdir()]
+    pixels = np.concatenate([m.ravel() for m in masks])
+    pixels = pixels[pixels != 255]
+    return float(np.mean(pixels == 0)) / 2
+
+
+def run_segmaker(paths: Paths, env_extra=None) -> subprocess.Popen:
+    env = dict(os.environ, SAGEMAKER_BASE_DIR=str(paths.base), PYTHONUNBUFFERED="1", **(env_extra or {}))
+    return subprocess.Popen(
+        [sys.executable, "-m", "segmaker", "train"],
+        cwd=str(REPO),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_for(predicate, timeout: float, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if process.poll() is not None:
+            raise AssertionError("segmaker exited early:\n" + process.stdout.read())
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("timed out:\n" + process.stdout.read())
+        time.sleep(0.2)
+
+
+def test_sigterm_saves_a_checkpoint_and_a_restart_resumes(tmp_path):
+    paths = write_opt_ml(tmp_path, train=12, validation=2, hyperparameters=dict(FAST, epochs=3))
+    paths.checkpoints_dir.mkdir()
+    first = run_segmaker(paths)
+    wait_for(lambda: any(paths.checkpoints_dir.glob("checkpoint-*")), 300, first)
+    first.send_signal(signal.SIGTERM)
+    first_log, _ = first.communicate(timeout=120)
+    assert first.returncode == cli.EXIT_STOPPED, first_log
+    assert not paths.failure_file.exists()
+    assert (paths.model_dir / "model_best.params").is_file()  # the best model so far is saved on SIGTERM
+    assert "validation mIOU" in first_log and "epoch: 2," not in first_log
+
+    second = run_segmaker(paths)
+    second_log, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, second_log
+    assert "Resuming from checkpoint" in second_log
+    assert "epoch: 0, train loss" not in second_log  # epoch 0 is not trained again
+    assert [r.epoch for r in read_metrics(paths.output_data_dir)] == [0, 1, 2]
+    assert len(list(paths.checkpoints_dir.glob("checkpoint-*"))) == 2
+
+
+def test_undecodable_image_fails_naming_the_file(tmp_path, monkeypatch):
+    paths = write_opt_ml(tmp_path, train=4, validation=0, hyperparameters=FAST)
+    broken = sorted(paths.channel_dir("train").iterdir())[1]
+    broken.write_bytes(b"\xff\xd8 not really a JPEG")
+    assert train_in_process(monkeypatch, paths) == cli.EXIT_USER_ERROR
+    assert broken.name in failure(paths)
+    assert "Traceback" not in failure(paths)
+
+
+def test_mask_value_without_class_fails_naming_file_and_value(tmp_path, monkeypatch):
+    paths = write_opt_ml(tmp_path, train=4, validation=0, hyperparameters=FAST)
+    mask_file = sorted(paths.channel_dir("train_annotation").iterdir())[0]
+    mask = np.array(Image.open(str(mask_file)))
+    mask[0, 0] = 7  # 3 classes: 7 is no class id and not 255
+    Image.fromarray(mask).save(str(mask_file))
+    assert train_in_process(monkeypatch, paths) == cli.EXIT_USER_ERROR
+    assert mask_file.name in failure(paths) and "7" in failure(paths)
+
+
+def test_batch_larger_than_the_data_fails_naming_the_key(tmp_path, monkeypatch):
+    paths = write_opt_ml(tmp_path, train=3, validation=0, hyperparameters=dict(FAST, mini_batch_size=4))
+    assert train_in_process(monkeypatch, paths) == cli.EXIT_USER_ERROR
+    assert "mini_batch_size" in failure(paths)
+
+
+def remap_masks(mask_dir: Path, pixel_of_class: dict) -> None:
+    table = np.arange(256, dtype=np.uint8)
+    for class_id, pixel in pixel_of_class.items():
+        table[class_id] = pixel
+    for path in mask_dir.iterdir():
+        Image.fromarray(table[np.asarray(Image.open(str(path)))]).save(str(path))
+
+
+def test_a_job_shaped_like_the_builtin_leaves_every_artifact(tmp_path):
+    """String hyperparameters, four channels + label_map, a {"map": ...} with 255 borders, assorted JPEGs."""
+    paths = Paths(tmp_path)
+    pixel_of_class = {0: 10, 1: 20, 2: 30}
+    for split, count, seed in (("train", 6, 0), ("validation", 3, 1)):
+        image_dir, mask_dir = paths.channel_dir(split), paths.channel_dir(split + "_annotation")
+        write_split(image_dir, mask_dir, count, seed=seed, ignore_border=True)
+        remap_masks(mask_dir, pixel_of_class)
+    label_maps = paths.channel_dir("label_map")
+    label_maps.mkdir(parents=True)
+    for split in ("train", "validation"):
+        label_map = {"map": {str(k): v for k, v in pixel_of_class.items()}}
+        (label_maps / f"{split}_label_map.json").write_text(json.dumps(label_map))
+    paths.config_dir.mkdir(parents=True)
+    hyperparameters = dict(FAST, num_classes=3, backbone="resnet-50", algorithm="fcn", epochs=2)
+    paths.hyperparameters_file.write_text(json.dumps({k: str(v) for k, v in hyperparameters.items()}))
+    channels = ("train", "train_annotation", "validation", "validation_annotation", "label_map")
+    config = {
+        name: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated"} for name in channels
+    }
+    paths.input_data_config_file.write_text(json.dumps(config))
+
+    process = run_segmaker(paths)
+    log, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, log
+    model = sorted(p.name for p in paths.model_dir.iterdir())
+    for name in MODEL_FILES + ("model-symbol.json", "model-0000.params", "model.onnx"):
+        assert name in model, (name, model)
+    assert json.loads((paths.model_dir / "hyperparams.json").read_text())["num_classes"] == 3
+    outputs = sorted(p.name for p in paths.output_data_dir.iterdir())
+    assert outputs == ["metrics.csv", "metrics.json", "training_curves.png", "validation_predictions.png"]
+    assert [r.epoch for r in read_metrics(paths.output_data_dir)] == [0, 1]
+    assert "#progress_metric: host=algo-1, completed 100 % of epochs" in log

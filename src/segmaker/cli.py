@@ -30,28 +30,32 @@ EXIT_INTERNAL_ERROR = 2
 EXIT_STOPPED = 128 + signal.SIGTERM
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 FAILURE_REASON_LIMIT = 1024
+# Subcommand -> function of segmaker.data.pipe_feed that takes the rest of the command line.
+HELPERS = {"pipe-feed": "main", "make-manifest": "manifest_main"}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of `segmaker` and `python -m segmaker`; returns the process exit code."""
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     configure_logging()
+    if argv and argv[0] in HELPERS:
+        # The helpers parse their own options (`--help` included), so argparse must not see them.
+        return _run_helper(HELPERS[argv[0]], argv[1:])
+    args = _parser().parse_args(argv)
     return args.handler(args)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segmaker", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command")
     commands.required = True
     train = commands.add_parser("train", help="train from the /opt/ml tree ($SAGEMAKER_BASE_DIR)")
     train.set_defaults(handler=_train_command)
     serve = commands.add_parser("serve", help="serve the model in /opt/ml/model over HTTP")
     serve.set_defaults(handler=_serve_command)
-    for name, target in (("pipe-feed", "main"), ("make-manifest", "manifest_main")):
-        helper = commands.add_parser(name, add_help=False, help="Pipe-mode helper; `--help` for its options")
-        # Everything after the subcommand belongs to the helper's own parser.
-        helper.add_argument("rest", nargs=argparse.REMAINDER)
-        helper.set_defaults(handler=_pipe_helper(target))
+    for name in HELPERS:
+        # Listed for `segmaker --help` only: main() hands these commands to their own parsers.
+        commands.add_parser(name, add_help=False, help="Pipe-mode helper; `--help` for its options")
     return parser
 
 
@@ -157,14 +161,11 @@ def _serve_command(_args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _pipe_helper(function_name: str) -> Callable[[argparse.Namespace], int]:
-    def handler(args: argparse.Namespace) -> int:
-        from segmaker.data import pipe_feed
+def _run_helper(function_name: str, rest: List[str]) -> int:
+    from segmaker.data import pipe_feed
 
-        try:
-            return int(getattr(pipe_feed, function_name)(args.rest) or 0)
-        except UserError as exc:
-            log.error("%s", exc)
-            return EXIT_USER_ERROR
-
-    return handler
+    try:
+        return int(getattr(pipe_feed, function_name)(rest) or 0)
+    except UserError as exc:
+        log.error("%s", exc)
+        return EXIT_USER_ERROR

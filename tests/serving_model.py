@@ -36,23 +36,14 @@ def image_bytes(height: int, width: int, fmt: str = "JPEG", seed: int = 0) -> by
 
 
 def write_tiny_model_dir(model_dir: Path, algorithm: str = "fcn", size: int = 32,
-                         num_classes: int = 3) -> Path:
+                         class_names: Sequence[str] = CLASS_NAMES, onnx: bool = True) -> Path:
     """A real model directory as training leaves it (random weights), through `artifacts`."""
-    import tempfile
-
     from segmaker import artifacts
-    from segmaker.config import parse_hyperparameters
-    from segmaker.data import parse_label_map
 
-    config = parse_hyperparameters({"num_classes": str(num_classes), "algorithm": algorithm,
-                                    "crop_size": str(size), "base_size": str(size),
-                                    "use_pretrained_model": "False"})
     mx.random.seed(11)
-    net = build_network(algorithm, "resnet50", num_classes, size=size, aux=True)
-    with tempfile.TemporaryDirectory() as scratch:
-        params = Path(scratch) / "final.params"
-        net.save_parameters(str(params))
-        artifacts.write_model_dir(model_dir, config=config, best_params=params, final_params=params,
-                                  label_map=parse_label_map({"scale": "1"}, num_classes),
-                                  working_size=size, best_epoch=None, best_miou=None)
+    net = build_network(algorithm, "resnet50", len(class_names), size=size, aux=True)
+    manifest = artifacts.ModelManifest(algorithm=algorithm, backbone="resnet50", num_classes=len(class_names),
+                                       working_size=size, class_names=tuple(class_names))
+    artifacts.write_model_dir(model_dir, manifest, final_net=net, onnx=onnx,
+                              hyperparameters={"algorithm": algorithm, "num_classes": len(class_names)})
     return model_dir

@@ -1,0 +1,142 @@
+"""Serving benchmark, all in one run (random weights: speed does not depend on them).
+
+(a) p50 /invocations latency of a 512x512 JPEG -> PNG mask through the real server, divided by the
+    forward time of the served engine at the same working size (target <= 1.10: serving overhead small);
+(b) served forward (engine chosen as the server does) / GluonCV eager `predict()` with the same weights
+    and size, for FCN, DeepLab and PSP (targets 0.55, 0.80, 0.85);
+(c) 4 concurrent clients for a bounded time: errors, throughput vs sequential, p99/p50 latency;
+(d) cold start: `segmaker serve` to the first 200 on /ping (target <= 15 s).
+
+Usage: .venv/bin/python bench/bench_serving.py [--size 512] [--seconds 30]
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, List, Tuple
+
+import numpy as np
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from tests.serving_model import image_bytes, write_tiny_model_dir  # noqa: E402
+from tests.test_server_live import LiveServer  # noqa: E402
+
+
+def timed(function: Callable[[], object], repeats: int) -> List[float]:
+    function()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def served_forward_seconds(model_dir: Path, repeats: int) -> Tuple[str, float]:
+    """The engine the server would choose, and the median time of its bare forward at working size."""
+    from segmaker.serving.predictor import load_predictor
+
+    predictor = load_predictor(model_dir, threads=os.cpu_count() or 1)
+    engine = predictor._engine  # the bench measures the bare forward, without pre/post-processing
+    size = predictor.working_size
+    batch = [np.zeros((3, size, size), np.float32)]
+    return predictor.engine_name, statistics.median(timed(lambda: engine._forward(batch)[0].wait_to_read(),
+                                                           repeats))
+
+
+def eager_predict_seconds(model_dir: Path, repeats: int) -> float:
+    """GluonCV's own `predict()` (eager, not hybridized) with the same weights at the same size."""
+    import mxnet as mx
+
+    from segmaker import artifacts
+    from segmaker.models import build_network
+
+    model = artifacts.read_model_dir(model_dir)
+    net = build_network(model.algorithm, model.backbone, model.num_classes, size=model.working_size, aux=True)
+    net.load_parameters(str(model.params_file()), ignore_extra=True)
+    x = mx.nd.zeros((1, 3, model.working_size, model.working_size))
+    return statistics.median(timed(lambda: net.predict(x).wait_to_read(), repeats))
+
+
+def post(url: str, body: bytes) -> Tuple[int, float]:
+    start = time.perf_counter()
+    status = requests.post(url + "/invocations", data=body, headers={"Content-Type": "image/jpeg"},
+                           timeout=120).status_code
+    return status, time.perf_counter() - start
+
+
+def load_test(url: str, body: bytes, clients: int, seconds: float) -> Tuple[int, int, List[float], float]:
+    """Each client posts in a loop until `seconds` pass: (requests, errors, latencies, wall seconds)."""
+    deadline = time.monotonic() + seconds
+
+    def client(_):
+        results = []
+        while time.monotonic() < deadline:
+            results.append(post(url, body))
+        return results
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        results = [r for batch in pool.map(client, range(clients)) for r in batch]
+    wall = time.perf_counter() - start
+    return len(results), sum(1 for s, _ in results if s != 200), [t for _, t in results], wall
+
+
+def percentile(values: List[float], q: float) -> float:
+    return float(np.percentile(np.array(values), q))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=512, help="working size and test image side")
+    parser.add_argument("--seconds", type=float, default=30, help="duration of each load test")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    body = image_bytes(args.size, args.size, "JPEG")
+    with tempfile.TemporaryDirectory() as scratch:
+        dirs = {name: write_tiny_model_dir(Path(scratch) / name, name, size=args.size)
+                for name in ("fcn", "deeplab", "psp")}
+        targets = {"fcn": 0.55, "deeplab": 0.80, "psp": 0.85}
+        forward = {}
+        print(f"(b) served forward / GluonCV eager predict() at {args.size}x{args.size}:")
+        for name, model_dir in dirs.items():
+            engine, served = served_forward_seconds(model_dir, args.repeats)
+            eager = eager_predict_seconds(model_dir, args.repeats)
+            forward[name] = served
+            print(f"    {name:8s} engine {engine:5s} served {served * 1000:7.1f} ms"
+                  f"  eager {eager * 1000:7.1f} ms  ratio {served / eager:.2f} (target {targets[name]:.2f})")
+
+        start = time.perf_counter()
+        server = LiveServer(dirs["fcn"], SAGEMAKER_MODEL_SERVER_WORKERS="1", SAGEMAKER_MAX_PAYLOAD_IN_MB="6",
+                            OMP_NUM_THREADS=str(os.cpu_count() or 1))
+        try:
+            server.wait_ready()
+            cold = time.perf_counter() - start
+            latencies = [post(server.url, body)[1] for _ in range(args.repeats * 2)]
+            p50 = statistics.median(latencies)
+            print(f"(a) p50 /invocations {args.size}x{args.size} JPEG->PNG {p50 * 1000:.1f} ms / forward"
+                  f" {forward['fcn'] * 1000:.1f} ms = {p50 / forward['fcn']:.2f} (target <= 1.10)")
+            seq_n, seq_err, seq_lat, seq_wall = load_test(server.url, body, 1, args.seconds)
+            con_n, con_err, con_lat, con_wall = load_test(server.url, body, 4, args.seconds)
+            print(f"(c) 4 clients for {args.seconds:.0f} s: {con_n} requests, {con_err} errors (sequential:"
+                  f" {seq_err}); throughput {con_n / con_wall:.2f}/s vs sequential {seq_n / seq_wall:.2f}/s"
+                  f" = x{(con_n / con_wall) / (seq_n / seq_wall):.2f};"
+                  f" p50 {percentile(con_lat, 50) * 1000:.0f} ms,"
+                  f" p99 {percentile(con_lat, 99) * 1000:.0f} ms, p99/p50"
+                  f" {percentile(con_lat, 99) / percentile(con_lat, 50):.2f}")
+            print(f"(d) cold start `segmaker serve` to first /ping 200: {cold:.1f} s (target <= 15 s)")
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()

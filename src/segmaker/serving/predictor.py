@@ -42,6 +42,9 @@ class OnnxInference(SegmentationInference):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = max(1, threads)
         options.inter_op_num_threads = 1
+        # Idle intra-op threads would otherwise spin after each run, stealing the cores that decoding,
+        # resizing and encoding of concurrent requests need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.working_size = working_size
         self.contexts = [mx.cpu()]
         self._session = onnxruntime.InferenceSession(str(onnx_file), options,
@@ -84,6 +87,10 @@ class Predictor:
         self._ready.set()
         return seconds
 
+    def mark_warm(self) -> None:
+        """Declare the engine warm (it has already run a working-size forward)."""
+        self._ready.set()
+
     def predict_mask(self, image: np.ndarray) -> np.ndarray:
         """H x W uint8 class ids for an H x W x 3 uint8 RGB image."""
         with self._lock:
@@ -105,12 +112,15 @@ def _time_forward(engine: SegmentationInference) -> float:
 def pick_fastest(factories: Dict[str, EngineFactory]) -> Tuple[str, SegmentationInference]:
     """Build each engine, warm it up, time one more forward, and return the fastest (name, engine).
 
-    With a single candidate nothing is timed: it is built and returned."""
+    Either way the returned engine has run at least once (it is warm). With a single candidate nothing
+    is timed: one warm-up forward only, which keeps the cold start short."""
     if not factories:
         raise ValueError("no inference engine to choose from")
     if len(factories) == 1:
         (name, factory), = factories.items()
-        return name, factory()
+        engine = factory()
+        _time_forward(engine)  # warm-up: allocates the static graph's buffers
+        return name, engine
     timed = []
     for name, factory in factories.items():
         engine = factory()
@@ -158,7 +168,7 @@ def load_predictor(model_dir: Path, *, engine: Optional[str] = None, gpu: Option
     factories, class_names = engine_factories(model_dir, engine=engine, gpu=gpu, threads=threads)
     name, chosen = pick_fastest(factories)
     predictor = Predictor(chosen, class_names, name)
-    predictor.warm_up()
+    predictor.mark_warm()  # pick_fastest already ran it
     LOG.info("model %s loaded: engine %s, %d classes, working size %d", model_dir, name,
              predictor.num_classes, predictor.working_size)
     return predictor

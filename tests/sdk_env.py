@@ -5,6 +5,7 @@ docker/SDK tests) call `sdk_python()` to get the SDK environment's interpreter, 
 `python tests/sdk_env.py` creates it by hand and prints that interpreter's path.
 """
 
+import os
 import subprocess
 import sys
 import venv
@@ -42,8 +43,10 @@ def sdk_python(location: Path = DEFAULT_LOCATION) -> Path:
 def run_in_sdk(code: str, *args: str, timeout: float = 300, location: Path = DEFAULT_LOCATION
                ) -> subprocess.CompletedProcess:
     """Run Python `code` in the SDK environment (argv[1:] = args); output captured as text."""
+    # SDK 2.x prints a deprecation notice on import unless told not to; tests parse stdout.
+    environ = dict(os.environ, SAGEMAKER_SUPPRESS_V2_WARNING="1")
     return subprocess.run([str(sdk_python(location)), "-c", code, *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+                          timeout=timeout, check=False, env=environ)
 
 
 if __name__ == "__main__":

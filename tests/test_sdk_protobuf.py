@@ -37,7 +37,7 @@ def test_sdk_reads_the_probabilities(tmp_path, accept):
 
     result = run_in_sdk(READ_WITH_SDK, str(answer), accept)
     assert result.returncode == 0, result.stderr
-    (record,) = json.loads(result.stdout)
+    (record,) = json.loads(result.stdout.strip().splitlines()[-1])
     assert record["keys"] == ["shape", "target"]
     assert record["shape"] == [1, 3, 19, 27]
     from segmaker.serving.codecs import decode_image

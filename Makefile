@@ -46,5 +46,5 @@ demo:
 	scripts/demo.sh
 
 # The SageMaker Python SDK's own venv (.venv-sdk): it can never share one with mxnet (numpy pins).
-sdk-env: setup
-	$(PY) -c "from tests.sdk_env import ensure_sdk_env; print(ensure_sdk_env())"
+sdk-env:
+	$(PYTHON) tests/sdk_env.py

@@ -27,6 +27,8 @@ pytestmark = pytest.mark.slow
 
 SECRET = "moto-secret-never-printed-8c1f"
 SCRIPT = str(REPO_ROOT / "build_and_push.sh")
+# Passed through to the script: without the same CA certificates the build would miss the Docker cache.
+BUILD_SETTINGS = ("PIP_CERT", "SEGMAKER_EXTRA_CA_CERTS", "DOCKER_HOST")
 
 
 def _wait_for_http(url: str, timeout: float, process: subprocess.Popen) -> None:
@@ -94,8 +96,10 @@ def registry(tmp_path_factory) -> Iterator[str]:
 
 
 def _script_env(aws_bin: Path, tmp_path: Path, **extra: str) -> Dict[str, str]:
-    """A clean environment: only the stand-ins' settings, dummy credentials, a private docker config."""
-    env = {
+    """A clean environment: the stand-ins' settings, dummy credentials, a private docker config, and what the
+    image build needs from this host (the extra CA certificates, the Docker engine's address)."""
+    env = {key: os.environ[key] for key in BUILD_SETTINGS if key in os.environ}
+    env.update({
         "PATH": f"{aws_bin}:{os.environ['PATH']}",
         "HOME": str(tmp_path),
         "DOCKER_CONFIG": str(tmp_path / "docker-config"),
@@ -104,7 +108,7 @@ def _script_env(aws_bin: Path, tmp_path: Path, **extra: str) -> Dict[str, str]:
         "AWS_ACCESS_KEY_ID": "AKIAMOTOTESTING00000",
         "AWS_SECRET_ACCESS_KEY": SECRET,
         "AWS_REGION": "us-east-1",
-    }
+    })
     env.update(extra)
     return {key: value for key, value in env.items() if value}
 
@@ -119,8 +123,8 @@ def test_builds_creates_the_repository_pushes_and_prints_the_uri(aws_bin, moto_e
     assert result.stdout.strip().splitlines()[-1] == f"{registry}/segmaker-test:t1"
     assert SECRET not in output
 
-    described = run([str(aws_bin / "aws"), "--endpoint-url", moto_endpoint, "ecr", "describe-repositories",
-                     "--repository-names", "segmaker-test"], env=env)
+    aws = [str(aws_bin / "aws"), "--endpoint-url", moto_endpoint, "--region", "us-east-1"]
+    described = run(aws + ["ecr", "describe-repositories", "--repository-names", "segmaker-test"], env=env)
     repository = json.loads(described.stdout)["repositories"][0]
     assert repository["imageScanningConfiguration"]["scanOnPush"] is True
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -206,3 +207,31 @@ def test_a_job_shaped_like_the_builtin_leaves_every_artifact(tmp_path):
     assert outputs == ["metrics.csv", "metrics.json", "training_curves.png", "validation_predictions.png"]
     assert [r.epoch for r in read_metrics(paths.output_data_dir)] == [0, 1]
     assert "#progress_metric: host=algo-1, completed 100 % of epochs" in log
+
+
+def test_pretrained_channel_then_incremental_training_from_the_model(tmp_path, monkeypatch, capsys):
+    import mxnet as mx
+    from gluoncv.model_zoo import get_model
+
+    from segmaker.models import pretrained_file_name
+
+    first = write_opt_ml(
+        tmp_path / "first", train=4, validation=2, hyperparameters=dict(FAST, use_pretrained_model="True")
+    )
+    backbone = get_model("resnet50_v1s", pretrained=False)
+    backbone.initialize()
+    backbone(mx.nd.zeros((1, 3, 32, 32)))
+    first.channel_dir("pretrained").mkdir()
+    backbone.save_parameters(str(first.channel_dir("pretrained") / pretrained_file_name("resnet50")))
+    assert train_in_process(monkeypatch, first) == 0, failure(first)
+    assert "Starting the backbone from ImageNet weights" in capsys.readouterr().out
+
+    second = write_opt_ml(tmp_path / "second", train=4, validation=2, hyperparameters=FAST)
+    shutil.copytree(str(first.model_dir), str(second.channel_dir("model")))
+    assert train_in_process(monkeypatch, second) == 0, failure(second)
+    assert "Incremental training: starting from" in capsys.readouterr().out
+
+    other = write_opt_ml(tmp_path / "other", num_classes=4, train=4, validation=0, hyperparameters=FAST)
+    shutil.copytree(str(first.model_dir), str(other.channel_dir("model")))
+    assert train_in_process(monkeypatch, other) == cli.EXIT_USER_ERROR
+    assert "num_classes is 3 in the model but 4" in failure(other)

@@ -29,7 +29,7 @@ from segmaker.config import parse_hyperparameters  # noqa: E402
 from segmaker.training.devices import training_contexts, visible_gpu_count  # noqa: E402
 from segmaker.training.epoch import EpochPlan, train_one_epoch  # noqa: E402
 from segmaker.training.feed import DataFeed, find_training_data  # noqa: E402
-from segmaker.training.loop import TrainingJob  # noqa: E402
+from segmaker.training.job import TrainingJob  # noqa: E402
 from segmaker.training.network import build_training_network  # noqa: E402
 from segmaker.training.optimizer import make_trainer  # noqa: E402
 from segmaker.training.schedule import LearningRateSchedule  # noqa: E402

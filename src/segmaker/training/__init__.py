@@ -1,10 +1,11 @@
 """Training: the loop (devices, trainer, schedules, validation, early stopping, checkpoints, SIGTERM).
 
 Modules: `loop` (the job from start to end), `epoch` (one epoch over the devices), `schedule`,
-`early_stopping`, `checkpoints`, `devices`, `optimizer`, `network` (training/validation networks and
+`job`, `early_stopping`, `checkpoints`, `devices`, `optimizer`, `network` (training/validation networks and
 their starting weights), `validation`, `feed` (data for training), `model_dir` (the model directory).
 """
 
-from segmaker.training.loop import TrainingJob, TrainingResult, train
+from segmaker.training.job import TrainingJob, TrainingResult
+from segmaker.training.loop import train
 
 __all__ = ["TrainingJob", "TrainingResult", "train"]

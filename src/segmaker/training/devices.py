@@ -10,6 +10,7 @@ from typing import List
 
 import mxnet as mx
 
+from segmaker.environment import ResourceConfig
 from segmaker.errors import UserError
 
 
@@ -27,7 +28,7 @@ class WorkerRole:
         return self.rank == 0
 
 
-def worker_role(resource_config) -> WorkerRole:
+def worker_role(resource_config: ResourceConfig) -> WorkerRole:
     """The role from `environment.ResourceConfig`; one host is all this version trains on."""
     if resource_config.world_size > 1:
         hosts = ", ".join(resource_config.hosts)

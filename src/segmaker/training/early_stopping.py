@@ -11,6 +11,8 @@ The state is an immutable value so a checkpoint can store it and resume exactly.
 from dataclasses import dataclass, replace
 from typing import Optional
 
+from segmaker.config import TrainingConfig
+
 
 @dataclass(frozen=True)
 class EarlyStoppingRule:
@@ -20,7 +22,7 @@ class EarlyStoppingRule:
     tolerance: float
 
     @classmethod
-    def from_config(cls, config) -> "EarlyStoppingRule":
+    def from_config(cls, config: TrainingConfig) -> "EarlyStoppingRule":
         return cls(
             enabled=config.early_stopping,
             min_epochs=config.early_stopping_min_epochs,

@@ -13,6 +13,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from segmaker.config import TrainingConfig
 from segmaker.data import (
     BatchLoader,
     FileSample,
@@ -28,7 +29,9 @@ from segmaker.data import (
 )
 from segmaker.data.loader import Batch, ValidationBatch
 from segmaker.data.pipe import PipeChannel
+from segmaker.environment import Paths
 from segmaker.errors import UserError
+from segmaker.training.job import TrainingJob
 from segmaker.transforms import train_transform
 
 log = logging.getLogger(__name__)
@@ -68,7 +71,7 @@ class TrainingData:
         return f"training samples streamed from Pipe-mode channel {self.train.pipe.channel!r}"
 
 
-def find_training_data(job, rank: int = 0, world_size: int = 1) -> TrainingData:
+def find_training_data(job: TrainingJob, rank: int = 0, world_size: int = 1) -> TrainingData:
     """The train (sharded by host) and validation splits of the job's channels, in File or Pipe mode."""
     num_classes = job.config.num_classes
     label_dir = label_map_dir(job.paths)
@@ -83,7 +86,7 @@ def find_training_data(job, rank: int = 0, world_size: int = 1) -> TrainingData:
     )
 
 
-def _split(job, name: str, rank: int, world_size: int) -> Split:
+def _split(job: TrainingJob, name: str, rank: int, world_size: int) -> Split:
     if _is_pipe(job.channels, name):
         channel = PipeChannel(job.paths, name, rank, world_size, _shuffle_buffer(name), job.config.seed)
         return Split(pipe=channel)
@@ -99,7 +102,7 @@ def _shuffle_buffer(split: str) -> int:
     return PIPE_SHUFFLE_BUFFER if split == "train" else 0
 
 
-def label_map_dir(paths) -> Optional[Path]:
+def label_map_dir(paths: Paths) -> Optional[Path]:
     folder = paths.channel_dir(LABEL_MAP_CHANNEL)
     return folder if folder.is_dir() else None
 
@@ -137,7 +140,7 @@ class DataFeed:
     (`examples`) for the prediction plot, so plotting never reads a channel (or a FIFO) again.
     """
 
-    def __init__(self, config, data: TrainingData, keep_examples: int = 0):
+    def __init__(self, config: TrainingConfig, data: TrainingData, keep_examples: int = 0):
         self.config = config
         self.data = data
         self.keep_examples = keep_examples

@@ -12,16 +12,15 @@ import tempfile
 import threading
 import time
 from contextlib import closing
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import mxnet as mx
 import numpy as np
 from gluoncv.loss import MixSoftmaxCrossEntropyLoss
 
 from segmaker import metrics, outputs
-from segmaker.environment import ChannelConfig, Paths, ResourceConfig
 from segmaker.outputs import EpochRecord
 from segmaker.training.checkpoints import CheckpointStore, TrainingState
 from segmaker.training.devices import (
@@ -35,6 +34,7 @@ from segmaker.training.devices import (
 from segmaker.training.early_stopping import EarlyStoppingRule, EarlyStoppingState
 from segmaker.training.epoch import EpochPlan, EpochStats, train_one_epoch
 from segmaker.training.feed import DataFeed, TrainingData, find_training_data, iterations_per_epoch
+from segmaker.training.job import TrainingJob, TrainingResult
 from segmaker.training.model_dir import write_model
 from segmaker.training.network import build_training_network, working_size
 from segmaker.training.optimizer import make_trainer
@@ -44,28 +44,6 @@ from segmaker.training.validation import Validator
 log = logging.getLogger(__name__)
 
 PLOTTED_EXAMPLES = 4
-
-
-@dataclass(frozen=True)
-class TrainingJob:
-    """Everything the job reads from the /opt/ml contract, already parsed (cli builds it)."""
-
-    paths: Paths
-    config: object  # config.TrainingConfig
-    channels: Dict[str, ChannelConfig]
-    resources: ResourceConfig
-    checkpoint_dir: Optional[Path]
-    mxnet_home: Path
-    cpu_devices: int = 1
-    num_gpus: Optional[int] = None  # None: every GPU MXNet sees
-
-
-@dataclass(frozen=True)
-class TrainingResult:
-    completed: bool  # False when a stop request cut training short
-    history: Tuple[EpochRecord, ...]
-    best_epoch: Optional[int]
-    best_miou: Optional[float]
 
 
 def train(job: TrainingJob, stop_requested: threading.Event) -> TrainingResult:
@@ -80,11 +58,10 @@ def train(job: TrainingJob, stop_requested: threading.Event) -> TrainingResult:
     per_epoch = iterations_per_epoch(config.num_training_samples, data.train.size, config.mini_batch_size)
     _log_plan(config, contexts, data, per_epoch)
     net = build_training_network(job, contexts)
-    with DataFeed(config, data, keep_examples=PLOTTED_EXAMPLES) as feed, tempfile.TemporaryDirectory(
-        prefix="segmaker-"
-    ) as scratch:
-        run = _Run(job, role, contexts, net, feed, per_epoch, Path(scratch))
-        return run.run(stop_requested)
+    with DataFeed(config, data, keep_examples=PLOTTED_EXAMPLES) as feed:
+        with tempfile.TemporaryDirectory(prefix="segmaker-") as scratch:
+            run = _Run(job, role, contexts, net, feed, per_epoch, Path(scratch))
+            return run.run(stop_requested)
 
 
 def _seed(seed: Optional[int]) -> None:
@@ -97,7 +74,7 @@ def _seed(seed: Optional[int]) -> None:
 
 def _log_plan(config, contexts, data: TrainingData, per_epoch: int) -> None:
     log.info(
-        "Training %s/%s (%d classes) on %s: %s, %d iterations per epoch of %d images," " %d epochs",
+        "Training %s/%s (%d classes) on %s: %s, %d iterations per epoch of %d images, %d epochs",
         config.algorithm,
         config.backbone,
         config.num_classes,
@@ -116,7 +93,9 @@ def _log_plan(config, contexts, data: TrainingData, per_epoch: int) -> None:
 class _Run:
     """One training run; `run()` drives the epochs."""
 
-    def __init__(self, job, role: WorkerRole, contexts, net, feed: DataFeed, per_epoch: int, scratch: Path):
+    def __init__(
+        self, job: TrainingJob, role: WorkerRole, contexts, net, feed: DataFeed, per_epoch: int, scratch: Path
+    ):
         config = job.config
         self.job, self.config, self.role, self.contexts = job, config, role, contexts
         self.net, self.feed, self.per_epoch = net, feed, per_epoch
@@ -135,13 +114,13 @@ class _Run:
             epoch = len(state.history)
             state = self._train_rest_of_epoch(epoch, state, stop_requested)
             if stop_requested.is_set():
-                self._save(state)
+                self._save(state, finished=False)
                 return self._result(state, completed=False)
             state = self._end_epoch(epoch, state)
             self._checkpoint(state)
         if state.early_stopping.should_stop(self.rule):
             log.info("Early stopping after epoch %d", len(state.history) - 1)
-        self._save(state, plot_examples=True)
+        self._save(state, finished=True)
         return self._result(state, completed=True)
 
     # -- resume and checkpoints -------------------------------------------------------------------------
@@ -213,16 +192,7 @@ class _Run:
             early_stopping = early_stopping.update(epoch, scores["mIOU"], self.rule)
         if scores is None or early_stopping.is_best(epoch):
             self.net.save_parameters(str(self.best_params))
-        record = EpochRecord(
-            epoch=epoch,
-            train_loss=stats.mean_loss,
-            throughput=stats.throughput,
-            pixel_accuracy=None if scores is None else scores["pixel_accuracy"],
-            mIOU=None if scores is None else scores["mIOU"],
-            dice=None if scores is None else scores["dice"],
-            lr=stats.last_lr,
-            seconds=stats.seconds,
-        )
+        record = _epoch_record(epoch, stats, scores)
         state = replace(
             state,
             early_stopping=early_stopping,
@@ -257,26 +227,28 @@ class _Run:
 
     # -- the end -------------------------------------------------------------------------------------------
 
-    def _save(self, state: TrainingState, plot_examples: bool = False) -> None:
-        """The model directory and output/data (main worker only); a checkpoint first when stopping."""
+    def _save(self, state: TrainingState, finished: bool) -> None:
+        """The model directory and output/data (main worker only); when stopped early, a checkpoint first
+        and no prediction plot (SageMaker's 120 s before SIGKILL are better spent on the model)."""
         if not self.role.is_main:
             return
-        if not plot_examples:
+        if not finished:
             self._checkpoint(state)
         records = [EpochRecord.from_dict(row) for row in state.history]
         best = self.best_params if self.best_params.exists() else None
         label_map = self.feed.data.train_label_map
         write_model(self.job, self.net, best, state.early_stopping, label_map, working_size(self.config))
-        self._write_outputs(records, best if plot_examples else None)
+        self._write_outputs(records, best if finished else None)
 
-    def _write_outputs(self, records: List[EpochRecord], best: Optional[Path]) -> None:
+    def _write_outputs(self, records: List[EpochRecord], plot_with: Optional[Path]) -> None:
+        """Metrics table and curves; the prediction plot too when given the parameters to plot with."""
         out_dir = self.job.paths.output_data_dir
         outputs.write_metrics(records, out_dir)
         if records:
             outputs.plot_curves(records, out_dir / outputs.CURVES_PNG)
         images, truths = self.feed.examples
-        if self.validator is not None and best is not None and images:
-            self.validator.load_weights_file(best)
+        if self.validator is not None and plot_with is not None and images:
+            self.validator.load_weights_file(plot_with)
             predicted = self.validator.predict(images)
             outputs.plot_predictions(
                 images, truths, predicted, self.config.num_classes, out_dir / outputs.PREDICTIONS_PNG
@@ -290,3 +262,17 @@ class _Run:
             best_epoch=early.best_epoch,
             best_miou=early.best_miou if early.best_epoch is not None else None,
         )
+
+
+def _epoch_record(epoch: int, stats: EpochStats, scores: Optional[Dict[str, float]]) -> EpochRecord:
+    validated = scores or {}
+    return EpochRecord(
+        epoch=epoch,
+        train_loss=stats.mean_loss,
+        throughput=stats.throughput,
+        pixel_accuracy=validated.get("pixel_accuracy"),
+        mIOU=validated.get("mIOU"),
+        dice=validated.get("dice"),
+        lr=stats.last_lr,
+        seconds=stats.seconds,
+    )

@@ -9,12 +9,13 @@ import mxnet as mx
 from segmaker import artifacts
 from segmaker.data import LabelMap
 from segmaker.training.early_stopping import EarlyStoppingState
+from segmaker.training.job import TrainingJob
 
 log = logging.getLogger(__name__)
 
 
 def write_model(
-    job,
+    job: TrainingJob,
     net: mx.gluon.HybridBlock,
     best_params: Optional[Path],
     early_stopping: EarlyStoppingState,

@@ -12,6 +12,9 @@ from typing import List, Optional
 import mxnet as mx
 
 from segmaker import artifacts, models
+from segmaker.config import TrainingConfig
+from segmaker.environment import Paths
+from segmaker.training.job import TrainingJob
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +22,7 @@ MODEL_CHANNEL = "model"
 PRETRAINED_CHANNEL = "pretrained"
 
 
-def build_training_network(job, contexts: List[mx.Context]) -> mx.gluon.HybridBlock:
+def build_training_network(job: TrainingJob, contexts: List[mx.Context]) -> mx.gluon.HybridBlock:
     """The network at crop size (with the auxiliary head when aux_loss), weights loaded, on `contexts`."""
     config = job.config
     syncbn_devices = len(contexts) if config.syncbn and contexts[0].device_type == "gpu" else 0
@@ -41,7 +44,7 @@ def build_training_network(job, contexts: List[mx.Context]) -> mx.gluon.HybridBl
     return net
 
 
-def _load_starting_weights(net: mx.gluon.HybridBlock, job) -> None:
+def _load_starting_weights(net: mx.gluon.HybridBlock, job: TrainingJob) -> None:
     model_dir = _channel(job.paths, MODEL_CHANNEL)
     if model_dir is not None:
         _load_previous_model(net, model_dir, job.config)
@@ -57,7 +60,7 @@ def _load_starting_weights(net: mx.gluon.HybridBlock, job) -> None:
         log.info("use_pretrained_model=False: the backbone starts from random weights")
 
 
-def _load_previous_model(net: mx.gluon.HybridBlock, model_dir: Path, config) -> None:
+def _load_previous_model(net: mx.gluon.HybridBlock, model_dir: Path, config: TrainingConfig) -> None:
     previous = artifacts.read_model_dir(model_dir)
     artifacts.check_compatible(previous, config.algorithm, config.backbone, config.num_classes)
     params_file = previous.params_file("best")
@@ -67,7 +70,7 @@ def _load_previous_model(net: mx.gluon.HybridBlock, model_dir: Path, config) -> 
     models.load_parameters(net, params_file)
 
 
-def build_validation_network(config) -> mx.gluon.HybridBlock:
+def build_validation_network(config: TrainingConfig) -> mx.gluon.HybridBlock:
     """The network at the inference working size, without the auxiliary head (weights copied in later)."""
     return models.build_network(
         config.algorithm,
@@ -78,11 +81,11 @@ def build_validation_network(config) -> mx.gluon.HybridBlock:
     )
 
 
-def working_size(config) -> int:
+def working_size(config: TrainingConfig) -> int:
     """Validation and serving run at the scale training saw on average (base_size), at least the crop."""
     return models.working_size_for(max(config.base_size, config.crop_size))
 
 
-def _channel(paths, name: str) -> Optional[Path]:
+def _channel(paths: Paths, name: str) -> Optional[Path]:
     folder = paths.channel_dir(name)
     return folder if folder.is_dir() else None

@@ -4,11 +4,13 @@ from typing import Dict
 
 from mxnet import gluon
 
+from segmaker.config import TrainingConfig
+
 # Parameter names whose weight decay is switched off: BatchNorm's scale/shift and every bias.
 NO_WEIGHT_DECAY_PATTERN = ".*gamma|.*beta|.*bias"
 
 
-def optimizer_params(config, multi_precision: bool) -> Dict[str, object]:
+def optimizer_params(config: TrainingConfig, multi_precision: bool) -> Dict[str, object]:
     """MXNet optimizer arguments for `config.optimizer`, mapped as the built-in algorithm maps them."""
     params: Dict[str, object] = {
         "learning_rate": config.learning_rate,
@@ -28,7 +30,7 @@ def exclude_norm_and_bias_from_weight_decay(net: gluon.Block) -> None:
         param.wd_mult = 0.0
 
 
-def make_trainer(net: gluon.Block, config, kvstore: str) -> gluon.Trainer:
+def make_trainer(net: gluon.Block, config: TrainingConfig, kvstore: str) -> gluon.Trainer:
     exclude_norm_and_bias_from_weight_decay(net)
     multi_precision = config.precision_dtype == "float16"
     return gluon.Trainer(

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Tuple
 
+from segmaker.config import TrainingConfig
 from segmaker.errors import UserError
 
 POLY_POWER = 0.9
@@ -56,7 +57,7 @@ class LearningRateSchedule:
         return min(1.0, (iteration - self.warmup_iterations) / decay_length)
 
 
-def schedule_for(config, iterations_per_epoch: int) -> LearningRateSchedule:
+def schedule_for(config: TrainingConfig, iterations_per_epoch: int) -> LearningRateSchedule:
     """The schedule a `TrainingConfig` asks for, with epochs turned into iterations."""
     return LearningRateSchedule(
         base_lr=config.learning_rate,

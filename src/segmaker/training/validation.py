@@ -8,6 +8,7 @@ import mxnet as mx
 import numpy as np
 
 from segmaker import models
+from segmaker.config import TrainingConfig
 from segmaker.data.loader import ValidationBatch
 from segmaker.metrics import ConfusionMatrix
 from segmaker.training.network import build_validation_network, working_size
@@ -16,7 +17,7 @@ from segmaker.training.network import build_validation_network, working_size
 class Validator:
     """Owns the inference network, built once; load weights into it, then evaluate."""
 
-    def __init__(self, config, contexts: List[mx.Context]):
+    def __init__(self, config: TrainingConfig, contexts: List[mx.Context]):
         self.num_classes = config.num_classes
         self._net = build_validation_network(config)
         self._inference = models.SegmentationInference(self._net, working_size(config), contexts)

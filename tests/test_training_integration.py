@@ -16,7 +16,7 @@ from PIL import Image
 from segmaker import cli
 from segmaker.environment import Paths
 from segmaker.outputs import read_metrics
-from tests.synthetic import write_opt_ml, write_split
+from tests.synthetic import LEARNING_HYPERPARAMETERS, all_background_miou, write_opt_ml, write_split
 
 pytestmark = pytest.mark.slow
 
@@ -72,9 +72,7 @@ def test_a_short_run_learns_the_easy_task(tmp_path, monkeypatch):
     From random weights (no ImageNet weights here) a dilated ResNet-50 needs ~100 small steps; Adam at
     1e-3 with batches of 2 gets there reliably (measured: best mIOU 0.52-0.60 vs 0.30 for all background).
     """
-    hyperparameters = dict(
-        FAST, crop_size=48, base_size=48, epochs=12, mini_batch_size=2, optimizer="adam", learning_rate=0.001
-    )
+    hyperparameters = dict(FAST, **LEARNING_HYPERPARAMETERS)
     paths = write_opt_ml(tmp_path, num_classes=2, train=16, validation=4, hyperparameters=hyperparameters)
     started = time.monotonic()
     assert train_in_process(monkeypatch, paths) == 0, failure(paths)
@@ -87,14 +85,6 @@ def test_a_short_run_learns_the_easy_task(tmp_path, monkeypatch):
     assert records[-1].train_loss < 0.7 * records[0].train_loss
     manifest = json.loads((paths.model_dir / "segmaker.json").read_text())
     assert manifest["best_mIOU"] == pytest.approx(best)
-
-
-def all_background_miou(paths: Paths) -> float:
-    """mIOU of predicting class 0 everywhere on the validation masks (2 classes, both present)."""
-    masks = [np.asarray(Image.open(str(p))) for p in paths.channel_dir("validation_annotation").iterdir()]
-    pixels = np.concatenate([m.ravel() for m in masks])
-    pixels = pixels[pixels != 255]
-    return float(np.mean(pixels == 0)) / 2
 
 
 def run_segmaker(paths: Paths, env_extra=None) -> subprocess.Popen:

@@ -65,7 +65,8 @@ def test_without_input_data_config_every_data_folder_is_a_file_channel(tmp_path)
 
 def test_resource_config_defaults_to_one_host(tmp_path):
     config = env.read_resource_config(env.Paths(tmp_path))
-    assert (config.current_host, config.rank, config.world_size, config.is_main_host) == ("algo-1", 0, 1, True)
+    summary = (config.current_host, config.rank, config.world_size, config.is_main_host)
+    assert summary == ("algo-1", 0, 1, True)
 
 
 def test_resource_config_rank_follows_sorted_hosts(tmp_path):

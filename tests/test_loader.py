@@ -1,5 +1,6 @@
 import multiprocessing
 import os
+import signal
 import sys
 
 import numpy as np
@@ -108,6 +109,17 @@ def die(_job):
 
 def modules_loaded(_job):
     return sorted(name for name in ("mxnet", "gluoncv") if name in sys.modules)
+
+
+def terminate_self(_job):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return "still alive"
+
+
+def test_workers_survive_a_sigterm_sent_to_the_whole_process_group():
+    # The main process decides how to stop (checkpoint first); a group-wide SIGTERM must not break the pool.
+    with WorkerPool(1) as pool:
+        assert list(pool.map_ordered(terminate_self, [1, 2], max_in_flight=2)) == ["still alive"] * 2
 
 
 def test_a_dead_worker_is_an_error_not_a_hang():

@@ -101,7 +101,7 @@ def test_pipe_mode_training_learns_beside_file_mode_validation(tmp_path):
     assert max(r.mIOU for r in records) > all_background_miou(paths) + 0.15  # the File-mode run's bar
     assert records[-1].train_loss < 0.7 * records[0].train_loss
     assert (paths.model_dir / "model_best.params").exists()
-    assert "train_{}: wrote {} records".format(epochs - 1, 2 * TRAIN_SAMPLES) in feeder_log
+    assert f"train_{epochs - 1}: wrote {2 * TRAIN_SAMPLES} records" in feeder_log
 
 
 def test_a_broken_stream_fails_training_with_the_record_and_offset(tmp_path):

@@ -51,7 +51,7 @@ class Paths:
 
     def pipe_path(self, channel: str, epoch: int) -> Path:
         """Pipe mode: the FIFO SageMaker creates for `channel` in `epoch` (0-based)."""
-        return self.data_dir / "{}_{}".format(channel, epoch)
+        return self.data_dir / f"{channel}_{epoch}"
 
     @property
     def model_dir(self) -> Path:
@@ -84,13 +84,13 @@ def _read_json_object(path: Path, what: str) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise UserError("cannot read {} {}: {}".format(what, path, exc.strerror)) from None
+        raise UserError(f"cannot read {what} {path}: {exc.strerror}") from None
     try:
         value = json.loads(text)
     except ValueError as exc:
-        raise UserError("{} {} is not valid JSON: {}".format(what, path, exc)) from None
+        raise UserError(f"{what} {path} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise UserError("{} {} must hold a JSON object, not {}".format(what, path, type(value).__name__))
+        raise UserError(f"{what} {path} must hold a JSON object, not {type(value).__name__}")
     return value
 
 
@@ -117,7 +117,10 @@ class ChannelConfig:
 
 
 def read_input_data_config(paths: Paths) -> Dict[str, ChannelConfig]:
-    """Channel configs by name. Absent file (bare `docker run`): every folder under input/data is a File channel."""
+    """Channel configs by name.
+
+    Without the file (a bare `docker run`), every folder under input/data is a File-mode channel.
+    """
     if not paths.input_data_config_file.exists():
         if not paths.data_dir.is_dir():
             return {}
@@ -164,7 +167,7 @@ def read_resource_config(paths: Paths) -> ResourceConfig:
     current = str(raw.get("current_host", "algo-1"))
     hosts = sorted(str(h) for h in raw.get("hosts") or [current])
     if current not in hosts:
-        raise UserError("resource config: current_host {!r} is not among hosts {}".format(current, hosts))
+        raise UserError(f"resource config: current_host {current!r} is not among hosts {hosts}")
     return ResourceConfig(current, hosts, raw.get("network_interface_name"))
 
 
@@ -185,7 +188,7 @@ def cpu_device_count(environ: Optional[Mapping[str, str]] = None) -> int:
     except ValueError:
         count = 0
     if count < 1:
-        raise UserError("SEGMAKER_CPU_DEVICES must be a positive integer, not {!r}".format(raw))
+        raise UserError(f"SEGMAKER_CPU_DEVICES must be a positive integer, not {raw!r}")
     return count
 
 
@@ -245,7 +248,7 @@ def _serving_engine(env: Mapping[str, str]) -> Optional[str]:
 def _positive_int(env: Mapping[str, str], key: str, default: int) -> int:
     value = _positive_float(env, key, default)
     if value != int(value):
-        raise UserError("{} must be a whole number, not {!r}".format(key, env.get(key)))
+        raise UserError(f"{key} must be a whole number, not {env.get(key)!r}")
     return int(value)
 
 
@@ -258,7 +261,7 @@ def _positive_float(env: Mapping[str, str], key: str, default: float) -> float:
     except ValueError:
         value = -1.0
     if value <= 0:
-        raise UserError("{} must be a positive number, not {!r}".format(key, raw))
+        raise UserError(f"{key} must be a positive number, not {raw!r}")
     return value
 
 

@@ -49,9 +49,11 @@ def resolve_worker_count(data_workers: Optional[int]) -> int:
 
 
 def _ignore_interrupts() -> None:
-    # Ctrl-C reaches the whole process group; the main process alone decides how to stop (and shuts the
-    # pool down), rather than every worker dying with its own KeyboardInterrupt traceback.
+    # Ctrl-C, and a SIGTERM sent to the whole process group (some supervisors and `kill -- -PGID` do that),
+    # reach every worker; the main process alone decides how to stop (it finishes the iteration, checkpoints,
+    # then shuts the pool down), rather than every worker dying and breaking the pool mid-checkpoint.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class WorkerPool:

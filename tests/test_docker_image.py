@@ -5,6 +5,8 @@ Also the build helpers in container/ (fast tests, no Docker): the flavour's requ
 
 import io
 import json
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -167,6 +169,23 @@ def test_train_user_error_is_a_failure_reason(cpu_image, tmp_path):
     reason = paths.failure_file.read_text()
     assert "num_clases" in reason and "num_classes" in reason
     assert "Traceback" not in reason
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_pipe_mode_training_in_the_container(cpu_image, tmp_path):
+    """local_test/pipe_local.sh: FIFOs fed by `segmaker pipe-feed` on the host, read by `train` inside."""
+    source = write_opt_ml(tmp_path / "source", train=4, validation=2, hyperparameters=TINY_TRAINING)
+    env = dict(os.environ, IMAGE=cpu_image, WORK_DIR=str(tmp_path / "work"), PYTHON=sys.executable,
+               SPLIT_RECORDS_OVER="1000")
+    result = subprocess.run([str(REPO_ROOT / "local_test" / "pipe_local.sh"), str(source.base)], env=env,
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    opt_ml = tmp_path / "work" / "opt_ml"
+    channels = json.loads((opt_ml / "input/config/inputdataconfig.json").read_text())
+    assert channels["train"]["TrainingInputMode"] == "Pipe"
+    assert (opt_ml / "model" / "model_best.params").is_file()
+    assert "validation mIOU" in result.stdout + result.stderr
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ test-fast: setup
 
 lint: setup
 	$(PY) -m ruff check src tests
-	$(PY) -m vermin --no-tips --target=3.8- --violations src
+	$(VENV)/bin/vermin --no-tips --target=3.8- --violations src
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

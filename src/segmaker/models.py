@@ -10,7 +10,7 @@ import contextlib
 import io
 import math
 from pathlib import Path
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import mxnet as mx
 import numpy as np
@@ -40,6 +40,10 @@ BACKBONE_BLOCKS = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 # Bound on the number of float32 values of one resized logit tensor while computing a mask: classes are
 # resized in groups small enough to stay below it (resizing is per channel, so the result is the same).
 MAX_RESIZED_VALUES = 1 << 25
+
+# The static-shape forward of SegmentationInference: normalised, padded 3 x S x S inputs in, main-head
+# logits (C x S x S) out, in order. Another engine (ONNX Runtime in serving) plugs in through this.
+ForwardFunction = Callable[[List[np.ndarray]], List[mx.nd.NDArray]]
 
 
 def build_network(
@@ -227,17 +231,23 @@ class SegmentationInference:
     belongs to one thread at a time. The model server gives each worker process its own instance.
     """
 
-    def __init__(self, net_at_working_size: mx.gluon.HybridBlock, working_size: int,
-                 contexts: Sequence[mx.Context]):
+    def __init__(self, net_at_working_size: Optional[mx.gluon.HybridBlock], working_size: int,
+                 contexts: Sequence[mx.Context], *, forward: Optional[ForwardFunction] = None):
+        """`forward`, when given, replaces the network's forward (`net_at_working_size` may then be None):
+        the pre- and post-processing stay the same whatever engine computes the logits."""
         if working_size % 8:
             raise ValueError(f"working_size must be a multiple of 8, not {working_size}")
         if not contexts:
             raise ValueError("SegmentationInference needs at least one context")
+        if net_at_working_size is None and forward is None:
+            raise ValueError("SegmentationInference needs a network or a forward function")
         self.working_size = working_size
         self.contexts = list(contexts)
         self._net = net_at_working_size
-        self._net.collect_params().reset_ctx(self.contexts)
-        self._net.hybridize(static_alloc=True, static_shape=True)
+        if forward is None:
+            self._net.collect_params().reset_ctx(self.contexts)
+            self._net.hybridize(static_alloc=True, static_shape=True)
+        self._forward_function: ForwardFunction = forward or self._network_forward
 
     def predict_probabilities(self, images: List[np.ndarray]) -> List[np.ndarray]:
         """Class probabilities, C x H x W float32, for each H x W x 3 uint8 RGB image."""
@@ -251,7 +261,7 @@ class SegmentationInference:
     def _small_logits(self, images: List[np.ndarray]) -> List[Tuple[mx.nd.NDArray, Tuple[int, int]]]:
         """Per image: its logits at working resolution with the padding cropped, and its original (H, W)."""
         prepared = [self._prepare(image) for image in images]
-        outputs = self._forward([array for array, _ in prepared])
+        outputs = self.forward([array for array, _ in prepared])
         return [(logits[:, :inner[0], :inner[1]], image.shape[:2])
                 for logits, (_, inner), image in zip(outputs, prepared, images)]
 
@@ -265,8 +275,12 @@ class SegmentationInference:
         padded[:, : inner[0], : inner[1]] = normalize(resized)
         return padded, inner
 
-    def _forward(self, inputs: List[np.ndarray]) -> List[mx.nd.NDArray]:
-        """Main-head logits (C x S x S, on the device that computed them) for each input, in order."""
+    def forward(self, inputs: List[np.ndarray]) -> List[mx.nd.NDArray]:
+        """Main-head logits (C x S x S, on the device that computed them) for each normalised, padded
+        3 x S x S input, in order: the static-shape forward alone, without pre- or post-processing."""
+        return self._forward_function(inputs)
+
+    def _network_forward(self, inputs: List[np.ndarray]) -> List[mx.nd.NDArray]:
         parts = _split(inputs, len(self.contexts))
         batches = [(ctx, part) for ctx, part in zip(self.contexts, parts) if part]
         # All devices get their batch before any result is read, so they compute at the same time.

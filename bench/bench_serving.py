@@ -48,7 +48,7 @@ def served_forward_seconds(model_dir: Path, repeats: int) -> Tuple[str, float]:
     engine = predictor._engine  # the bench measures the bare forward, without pre/post-processing
     size = predictor.working_size
     batch = [np.zeros((3, size, size), np.float32)]
-    return predictor.engine_name, statistics.median(timed(lambda: engine._forward(batch)[0].wait_to_read(),
+    return predictor.engine_name, statistics.median(timed(lambda: engine.forward(batch)[0].wait_to_read(),
                                                            repeats))
 
 

@@ -1,5 +1,6 @@
 """ONNX export: all three algorithms, checked against MXNet with onnxruntime; ONNX serving engine."""
 
+import logging
 from pathlib import Path
 
 import mxnet as mx
@@ -7,9 +8,12 @@ import numpy as np
 import onnxruntime
 import pytest
 
+from segmaker import artifacts
+from segmaker.errors import UserError
 from segmaker.export import adaptive_bins, averaging_matrix, export_onnx
 from segmaker.models import SegmentationInference, build_network
-from segmaker.serving.predictor import OnnxInference, Predictor, pick_fastest
+from segmaker.serving.predictor import OnnxInference, Predictor, choose_engine, load_predictor
+from tests.serving_model import write_tiny_model_dir
 
 SIZE = 64  # PSP's feature map is 8x8: pooling to 3 and 6 bins has uneven, overlapping bins
 
@@ -77,22 +81,50 @@ def test_averaging_matrix_matches_mxnet_adaptive_pooling(size, bins):
     assert all(start < end for start, end in adaptive_bins(size, bins))
 
 
-def test_pick_fastest_keeps_the_faster_engine():
-    class Fake:
-        working_size = 8
+@pytest.mark.parametrize("forced, has_onnx, gpu, expected", [
+    (None, True, None, "onnx"),  # CPU with an export: ONNX Runtime, nothing timed at load
+    (None, False, None, "mxnet"),
+    (None, True, 0, "mxnet"),  # GPU: MXNet
+    ("mxnet", True, None, "mxnet"),
+    ("onnx", True, None, "onnx"),
+])
+def test_choose_engine(forced, has_onnx, gpu, expected):
+    assert choose_engine(forced, has_onnx, gpu) == expected
 
-        def __init__(self, delay):
-            self.delay = delay
 
-        def predict_masks(self, images):
-            import time
+@pytest.mark.parametrize("has_onnx, gpu, reason", [(False, None, "no model.onnx"), (True, 0, "CPU only")])
+def test_forcing_onnx_where_it_cannot_run_is_a_user_error(has_onnx, gpu, reason):
+    with pytest.raises(UserError, match=reason):
+        choose_engine("onnx", has_onnx, gpu)
 
-            time.sleep(self.delay)
-            return [np.zeros(images[0].shape[:2], np.uint8)]
 
-    name, engine = pick_fastest({"slow": lambda: Fake(0.05), "fast": lambda: Fake(0.0)})
-    assert name == "fast" and engine.delay == 0.0
-    assert pick_fastest({"only": lambda: Fake(0.01)})[0] == "only"
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    return write_tiny_model_dir(tmp_path_factory.mktemp("served") / "model", "fcn", size=32)
+
+
+def test_load_predictor_builds_only_the_onnx_engine_on_cpu(tiny_model_dir, monkeypatch, caplog):
+    def no_mxnet(*args, **kwargs):
+        raise AssertionError("the MXNet engine must not be built when ONNX Runtime serves")
+
+    monkeypatch.setattr(artifacts, "load_inference", no_mxnet)
+    with caplog.at_level(logging.INFO, logger="segmaker.serving.predictor"):
+        predictor = load_predictor(tiny_model_dir, threads=1)
+    assert predictor.engine_name == "onnx" and predictor.ready
+    assert "model load: ONNX Runtime session" in caplog.text and "model load: warm-up forward" in caplog.text
+
+
+def test_forced_mxnet_engine_gives_the_masks_of_onnx(tiny_model_dir):
+    onnx_predictor = load_predictor(tiny_model_dir)
+    mxnet_predictor = load_predictor(tiny_model_dir, engine="mxnet")
+    assert mxnet_predictor.engine_name == "mxnet" and mxnet_predictor.ready
+    image = np.random.default_rng(2).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    assert (onnx_predictor.predict_mask(image) == mxnet_predictor.predict_mask(image)).mean() >= 0.999
+
+
+def test_model_without_onnx_is_served_by_mxnet(tmp_path):
+    model_dir = write_tiny_model_dir(tmp_path / "model", "fcn", size=32, onnx=False)
+    assert load_predictor(model_dir).engine_name == "mxnet"
 
 
 def test_module_import_leaves_the_exporter_registry_alone():

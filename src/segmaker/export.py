@@ -78,6 +78,8 @@ def _export_atomically(symbol, params, input_shape, path: Path) -> None:
         mx.onnx.export_model(symbol, params, in_shapes=[input_shape], in_types=[np.float32],
                              onnx_file_path=tmp_name)
         _finalize_onnx(tmp_name, ONNX_OPSET)
+        # mkstemp creates the file 0600; the server may run as another user than the training job.
+        os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, str(path))
     finally:
         if os.path.exists(tmp_name):

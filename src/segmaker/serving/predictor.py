@@ -6,16 +6,19 @@ a square, runs one static-shape forward and resizes the logits back to the image
 computed a few classes at a time). Only the decoded image, its mask and one working-size forward scale
 with the request.
 
-Two engines run that forward: MXNet's hybridized static graph, or ONNX Runtime on `model.onnx` when the
-model directory has one (CPU only). Unless SEGMAKER_ENGINE forces one, both are built at load, timed on
-a working-size input after a warm-up call, and the faster is kept.
+Two engines run that forward: MXNet's hybridized static graph, or ONNX Runtime on `model.onnx` (CPU only).
+The choice is a rule, not a measurement at load (building and timing both engines cost about four
+working-size forwards of cold start): SEGMAKER_ENGINE when set; MXNet on a GPU; ONNX Runtime on a CPU
+whenever the model directory has `model.onnx` (written only when the export succeeded; measured 1.5-2.5x
+faster than MXNet for FCN and PSP on CPU, see bench/bench_serving.py); MXNet otherwise. Only the chosen
+engine is built.
 """
 
 import logging
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import mxnet as mx
 import numpy as np
@@ -25,18 +28,15 @@ from segmaker.models import SegmentationInference
 
 LOG = logging.getLogger(__name__)
 
-EngineFactory = Callable[[], SegmentationInference]
-
 
 class OnnxInference(SegmentationInference):
     """SegmentationInference whose static-shape forward runs in ONNX Runtime instead of MXNet.
 
-    Pre- and post-processing (resize, pad, crop, resize back, argmax) are inherited unchanged, so both
-    engines give the same masks; only `_forward` differs.
+    Pre- and post-processing (resize, pad, crop, resize back, argmax) are SegmentationInference's, so
+    both engines give the same masks; only the forward function differs, and no MXNet network is built.
     """
 
     def __init__(self, onnx_file: Path, working_size: int, threads: int = 1):
-        # No super().__init__(): there is no MXNet network to move to a device or hybridize.
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -45,13 +45,12 @@ class OnnxInference(SegmentationInference):
         # Idle intra-op threads would otherwise spin after each run, stealing the cores that decoding,
         # resizing and encoding of concurrent requests need.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.working_size = working_size
-        self.contexts = [mx.cpu()]
         self._session = onnxruntime.InferenceSession(str(onnx_file), options,
                                                      providers=["CPUExecutionProvider"])
         self._input_name = self._session.get_inputs()[0].name
+        super().__init__(None, working_size, [mx.cpu()], forward=self._run_session)
 
-    def _forward(self, inputs: List[np.ndarray]) -> List[mx.nd.NDArray]:
+    def _run_session(self, inputs: List[np.ndarray]) -> List[mx.nd.NDArray]:
         # The graph is exported for a batch of one (static shape), so images go through one at a time.
         return [mx.nd.array(self._session.run(None, {self._input_name: array[np.newaxis]})[0][0])
                 for array in inputs]
@@ -87,10 +86,6 @@ class Predictor:
         self._ready.set()
         return seconds
 
-    def mark_warm(self) -> None:
-        """Declare the engine warm (it has already run a working-size forward)."""
-        self._ready.set()
-
     def predict_mask(self, image: np.ndarray) -> np.ndarray:
         """H x W uint8 class ids for an H x W x 3 uint8 RGB image."""
         with self._lock:
@@ -109,66 +104,53 @@ def _time_forward(engine: SegmentationInference) -> float:
     return time.perf_counter() - start
 
 
-def pick_fastest(factories: Dict[str, EngineFactory]) -> Tuple[str, SegmentationInference]:
-    """Build each engine, warm it up, time one more forward, and return the fastest (name, engine).
-
-    Either way the returned engine has run at least once (it is warm). With a single candidate nothing
-    is timed: one warm-up forward only, which keeps the cold start short."""
-    if not factories:
-        raise ValueError("no inference engine to choose from")
-    if len(factories) == 1:
-        (name, factory), = factories.items()
-        engine = factory()
-        _time_forward(engine)  # warm-up: allocates the static graph's buffers
-        return name, engine
-    timed = []
-    for name, factory in factories.items():
-        engine = factory()
-        _time_forward(engine)  # the first call allocates buffers and is not representative
-        seconds = _time_forward(engine)
-        LOG.info("engine %s: %.1f ms per forward at %dx%d", name, seconds * 1000,
-                 engine.working_size, engine.working_size)
-        timed.append((seconds, name, engine))
-    seconds, name, engine = min(timed, key=lambda item: item[0])
-    return name, engine
+def choose_engine(forced: Optional[str], has_onnx: bool, gpu: Optional[int]) -> str:
+    """The engine that serves the model: `forced` (SEGMAKER_ENGINE) when set, else ONNX Runtime on a CPU
+    when the model has an ONNX export, else MXNet. UserError when ONNX is forced but cannot run."""
+    if forced not in (None, "mxnet", "onnx"):
+        raise ValueError(f"unknown engine {forced!r}")
+    if forced == "onnx" and (not has_onnx or gpu is not None):
+        reason = "ONNX serving is CPU only" if has_onnx else "the model directory has no model.onnx"
+        raise UserError(f"SEGMAKER_ENGINE=onnx cannot be used: {reason}; unset SEGMAKER_ENGINE to use MXNet")
+    if forced is not None:
+        return forced
+    return "onnx" if has_onnx and gpu is None else "mxnet"
 
 
-def engine_factories(model_dir: Path, *, engine: Optional[str] = None, gpu: Optional[int] = None,
-                     threads: int = 1) -> Tuple[Dict[str, EngineFactory], List[str]]:
-    """The engines that can serve the model in `model_dir` (all, or the forced one) and its class names."""
-    from segmaker import artifacts
+class _StartupLog:
+    """Logs how long each step of loading the model took, and the total (the cold start's budget)."""
 
-    model = artifacts.read_model_dir(model_dir)
-    contexts = [mx.gpu(gpu)] if gpu is not None else [mx.cpu()]
-    onnx_file = _onnx_file(model_dir, model)
-    factories: Dict[str, EngineFactory] = {}
-    if engine in (None, "mxnet"):
-        factories["mxnet"] = lambda: artifacts.load_inference(model, contexts)
-    if engine in (None, "onnx") and onnx_file is not None and gpu is None:
-        factories["onnx"] = lambda: OnnxInference(onnx_file, model.working_size, threads)
-    if engine == "onnx" and "onnx" not in factories:
-        raise UserError(f"SEGMAKER_ENGINE=onnx, but {model_dir} has no model.onnx usable on this device "
-                        "(ONNX serving is CPU only); unset SEGMAKER_ENGINE to use MXNet")
-    return factories, _class_names(model)
+    def __init__(self) -> None:
+        self._start = self._last = time.perf_counter()
 
+    def step(self, what: str) -> None:
+        now = time.perf_counter()
+        LOG.info("model load: %s in %.2f s", what, now - self._last)
+        self._last = now
 
-def _onnx_file(model_dir: Path, model) -> Optional[Path]:
-    candidate = getattr(model, "onnx_file", None) or Path(model_dir) / "model.onnx"
-    return Path(candidate) if Path(candidate).is_file() else None
-
-
-def _class_names(model) -> List[str]:
-    names = list(getattr(model, "class_names", None) or [])
-    return names or [str(i) for i in range(int(model.num_classes))]
+    def total(self) -> float:
+        return time.perf_counter() - self._start
 
 
 def load_predictor(model_dir: Path, *, engine: Optional[str] = None, gpu: Optional[int] = None,
                    threads: int = 1) -> Predictor:
-    """Load the model directory, choose the engine (forced, or the faster), and warm it up."""
-    factories, class_names = engine_factories(model_dir, engine=engine, gpu=gpu, threads=threads)
-    name, chosen = pick_fastest(factories)
-    predictor = Predictor(chosen, class_names, name)
-    predictor.mark_warm()  # pick_fastest already ran it
-    LOG.info("model %s loaded: engine %s, %d classes, working size %d", model_dir, name,
-             predictor.num_classes, predictor.working_size)
+    """Load the model directory, build the engine `choose_engine` picks (only that one), and warm it up."""
+    from segmaker import artifacts
+
+    clock = _StartupLog()
+    model = artifacts.read_model_dir(model_dir)
+    clock.step("read model directory")
+    name = choose_engine(engine, model.onnx_file is not None, gpu)
+    if name == "onnx":
+        chosen: SegmentationInference = OnnxInference(model.onnx_file, model.working_size, threads)
+        clock.step(f"ONNX Runtime session ({threads} intra-op threads)")
+    else:
+        contexts = [mx.gpu(gpu)] if gpu is not None else [mx.cpu()]
+        chosen = artifacts.load_inference(model, contexts)
+        clock.step("MXNet network built, parameters loaded, hybridized")
+    predictor = Predictor(chosen, model.class_names, name)
+    seconds = predictor.warm_up()
+    clock.step(f"warm-up forward at {model.working_size}x{model.working_size}")
+    LOG.info("model %s loaded in %.1f s: engine %s, %d classes, working size %d (one forward %.2f s)",
+             model_dir, clock.total(), name, predictor.num_classes, predictor.working_size, seconds)
     return predictor

@@ -15,6 +15,7 @@
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -91,9 +92,11 @@ class ModelServer(BaseApplication):
 
     def load(self):
         """Build the worker's app: load and warm up the model (runs in the worker, after the fork)."""
+        started = time.perf_counter()
         from segmaker.serving.app import create_app
-        from segmaker.serving.predictor import load_predictor
+        from segmaker.serving.predictor import load_predictor  # imports MXNet: seconds of the cold start
 
+        LOG.info("model load: imports (MXNet, Flask) in %.2f s", time.perf_counter() - started)
         gpu = self.plan.gpu_of(self._worker_age)
         try:
             predictor = load_predictor(self.settings.model_dir, engine=self.settings.engine, gpu=gpu,

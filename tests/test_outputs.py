@@ -1,6 +1,7 @@
 import csv
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from segmaker.outputs import (
@@ -72,3 +73,14 @@ def test_overlay_leaves_ignored_pixels_and_tints_classes():
     assert not (tinted[0, 1] == 100).all()
     assert not np.array_equal(tinted[0, 1], tinted[1, 0])
     assert np.array_equal(tinted[1, 0], tinted[1, 1])
+
+
+@pytest.mark.parametrize("num_classes", [2, 3, 10, 20, 40])
+def test_class_colours_are_distinct_enough_to_tell_classes_apart(num_classes):
+    from segmaker.outputs import class_colours
+
+    colours = class_colours(num_classes)
+    assert colours.shape == (num_classes, 3)
+    pairs = [(a, b) for a in range(num_classes) for b in range(a + 1, num_classes)]
+    closest = min(float(np.abs(colours[a] - colours[b]).max()) for a, b in pairs)
+    assert closest >= (30 if num_classes <= 10 else 15)  # tab20's light shades sit closer together

@@ -108,9 +108,14 @@ def class_colours(num_classes: int) -> np.ndarray:
     """A fixed, well-separated RGB colour per class id (num_classes x 3, float32 0..255)."""
     from matplotlib import colormaps
 
-    cmap = colormaps["tab20"] if num_classes <= 20 else colormaps["hsv"]
-    positions = np.arange(num_classes) / (20 if num_classes <= 20 else num_classes)
-    return (cmap(positions)[:, :3] * 255).astype(np.float32)
+    if num_classes <= 10:  # ten distinct hues
+        colours = colormaps["tab10"](np.arange(num_classes))
+    elif num_classes <= 20:  # tab20 pairs a dark and a light shade of each hue: all dark ones first
+        order = np.concatenate([np.arange(0, 20, 2), np.arange(1, 20, 2)])[:num_classes]
+        colours = colormaps["tab20"](order)
+    else:
+        colours = colormaps["hsv"](np.arange(num_classes) / num_classes)
+    return (colours[:, :3] * 255).astype(np.float32)
 
 
 def _new_figure(width: float, height: float):

@@ -66,8 +66,11 @@ def plot_curves(records: Sequence[EpochRecord], path: Path) -> None:
     miou_axes.set(title="validation mIOU", xlabel="epoch", ylim=(0.0, 1.0))
     if not validated:
         miou_axes.text(0.5, 0.5, "no validation channel", ha="center", transform=miou_axes.transAxes)
+    from matplotlib.ticker import MaxNLocator
+
     for axes in (loss_axes, miou_axes):
         axes.grid(True, alpha=0.3)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     _save(figure, canvas, path)
 
 

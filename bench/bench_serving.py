@@ -7,7 +7,7 @@
 (c) 4 concurrent clients for a bounded time: errors, throughput vs sequential, p99/p50 latency;
 (d) cold start: `segmaker serve` to the first 200 on /ping (target <= 15 s).
 
-Usage: .venv/bin/python bench/bench_serving.py [--size 512] [--seconds 30]
+Usage: .venv/bin/python bench/bench_serving.py [--size 512] [--seconds 30] [--rounds 3]
 """
 
 import argparse
@@ -90,6 +90,22 @@ def load_test(url: str, body: bytes, clients: int, seconds: float) -> Tuple[int,
     return len(results), sum(1 for s, _ in results if s != 200), [t for _, t in results], wall
 
 
+def alternating_load_tests(url: str, body: bytes, seconds: float, rounds: int):
+    """1-client and 4-client load tests in alternating rounds of seconds / rounds each, summed per client
+    count: a background load that comes and goes then weighs on both alike (one long run each would not).
+    Returns (requests, errors, latencies, wall seconds) for 1 client, then the same for 4."""
+    results = {1: [], 4: []}
+    for _ in range(rounds):
+        for clients in (1, 4):
+            results[clients].append(load_test(url, body, clients, seconds / rounds))
+    return tuple(value for clients in (1, 4) for value in _summed(results[clients]))
+
+
+def _summed(runs):
+    return (sum(r[0] for r in runs), sum(r[1] for r in runs), [t for r in runs for t in r[2]],
+            sum(r[3] for r in runs))
+
+
 def percentile(values: List[float], q: float) -> float:
     return float(np.percentile(np.array(values), q))
 
@@ -100,6 +116,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="working size and test image side")
     parser.add_argument("--seconds", type=float, default=30, help="duration of each load test")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating 1-client / 4-client rounds")
     args = parser.parse_args()
     body = image_bytes(args.size, args.size, "JPEG")
     with tempfile.TemporaryDirectory() as scratch:
@@ -125,8 +142,8 @@ def main() -> None:
             p50 = statistics.median(latencies)
             print(f"(a) p50 /invocations {args.size}x{args.size} JPEG->PNG {p50 * 1000:.1f} ms / forward"
                   f" {forward['fcn'] * 1000:.1f} ms = {p50 / forward['fcn']:.2f} (target <= 1.10)")
-            seq_n, seq_err, seq_lat, seq_wall = load_test(server.url, body, 1, args.seconds)
-            con_n, con_err, con_lat, con_wall = load_test(server.url, body, 4, args.seconds)
+            seq_n, seq_err, seq_lat, seq_wall, con_n, con_err, con_lat, con_wall = alternating_load_tests(
+                server.url, body, args.seconds, args.rounds)
             print(f"(c) 4 clients for {args.seconds:.0f} s: {con_n} requests, {con_err} errors (sequential:"
                   f" {seq_err}); throughput {con_n / con_wall:.2f}/s vs sequential {seq_n / seq_wall:.2f}/s"
                   f" = x{(con_n / con_wall) / (seq_n / seq_wall):.2f};"

@@ -9,9 +9,9 @@ with the request.
 Two engines run that forward: MXNet's hybridized static graph, or ONNX Runtime on `model.onnx` (CPU only).
 The choice is a rule, not a measurement at load (building and timing both engines cost about four
 working-size forwards of cold start): SEGMAKER_ENGINE when set; MXNet on a GPU; ONNX Runtime on a CPU
-whenever the model directory has `model.onnx` (written only when the export succeeded; measured 1.5-2.5x
-faster than MXNet for FCN and PSP on CPU, see bench/bench_serving.py); MXNet otherwise. Only the chosen
-engine is built.
+whenever the model directory has `model.onnx` (written only when the export succeeded; faster than MXNet
+on CPU for all three algorithms, see bench/bench_serving.py (b)); MXNet otherwise. Only the chosen engine
+is built, and warmed up with one working-size forward before /ping answers 200.
 """
 
 import logging

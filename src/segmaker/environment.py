@@ -208,7 +208,7 @@ class ServingSettings:
     max_payload_mb: float = 6.0
     model_dir: Path = Path(DEFAULT_BASE_DIR) / "model"
     # Our additions: the largest image (in pixels) /invocations decodes, checked from the image header, and
-    # the inference engine ("mxnet", "onnx", or None: the faster of the two, measured at load).
+    # the inference engine ("mxnet", "onnx", or None: ONNX Runtime on CPU when model.onnx exists, else MXNet).
     max_pixels: int = 40_000_000
     engine: Optional[str] = None
 

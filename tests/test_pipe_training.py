@@ -6,6 +6,7 @@ These run the real training loop on tiny data (CPU), so they are marked slow.
 import json
 import os
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -52,14 +53,28 @@ def pipe_job(tmp_path: Path, epochs: int) -> Paths:
     return paths
 
 
-def start_feeder(tmp_path: Path, paths: Paths, epochs: int, *extra: str) -> subprocess.Popen:
+def move_validation_to_pipe_mode(tmp_path: Path, paths: Paths) -> Path:
+    """Take the validation files out of the tree into a manifest, as a Pipe-mode channel has no files."""
+    data = tmp_path / "validation_data"
+    shutil.move(str(paths.channel_dir("validation")), str(data / "images"))
+    shutil.move(str(paths.channel_dir("validation_annotation")), str(data / "masks"))
+    lines = manifest_lines_for_folders(data / "images", data / "masks", "segmentation-ref")
+    manifest = tmp_path / "validation.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    write_pipe_input_config(paths, "validation")
+    return manifest
+
+
+def start_feeder(
+    tmp_path: Path, paths: Paths, epochs: int, *extra: str, manifest: str = "train.jsonl"
+) -> subprocess.Popen:
     return subprocess.Popen(
         [
             sys.executable,
             "-m",
             "segmaker.data.pipe_feed",
             "--manifest",
-            str(tmp_path / "train.jsonl"),
+            str(tmp_path / manifest),
             "--base-dir",
             str(paths.base),
             "--epochs",
@@ -102,6 +117,50 @@ def test_pipe_mode_training_learns_beside_file_mode_validation(tmp_path):
     assert records[-1].train_loss < 0.7 * records[0].train_loss
     assert (paths.model_dir / "model_best.params").exists()
     assert f"train_{epochs - 1}: wrote {2 * TRAIN_SAMPLES} records" in feeder_log
+
+
+def test_train_and_validation_both_in_pipe_mode(tmp_path):
+    """Each channel has its own FIFO per epoch (train_0, validation_0, train_1, ...) and its own writer."""
+    epochs = 2
+    paths = pipe_job(tmp_path, epochs)
+    move_validation_to_pipe_mode(tmp_path, paths)
+    channels = json.loads(paths.input_data_config_file.read_text())
+    assert channels["train"]["TrainingInputMode"] == channels["validation"]["TrainingInputMode"] == "Pipe"
+    feeders = [
+        start_feeder(tmp_path, paths, epochs),
+        start_feeder(tmp_path, paths, epochs, "--channel", "validation", manifest="validation.jsonl"),
+    ]
+    try:
+        result = run_training(paths)
+    finally:
+        logs = []
+        for feeder in feeders:
+            feeder.kill()
+            logs.append(feeder.communicate()[0])
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:] + "\n--- pipe-feed:\n" + "\n".join(logs)
+    assert len(metric_values(log, "validation mIOU")) == epochs
+    assert f"validation_{epochs - 1}: wrote 8 records" in logs[1]  # 4 validation images, each image + mask
+    assert (paths.model_dir / "model_best.params").exists()
+
+
+def test_file_mode_training_with_pipe_mode_validation(tmp_path):
+    hyperparameters = dict(HYPERPARAMETERS, epochs="1")
+    del hyperparameters["num_training_samples"]  # File mode derives it from the files
+    paths = write_opt_ml(
+        tmp_path / "opt_ml", num_classes=2, train=4, validation=4, hyperparameters=hyperparameters
+    )
+    move_validation_to_pipe_mode(tmp_path, paths)
+    feeder = start_feeder(tmp_path, paths, 1, "--channel", "validation", manifest="validation.jsonl")
+    try:
+        result = run_training(paths)
+    finally:
+        feeder.kill()
+        feeder_log = feeder.communicate()[0]
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:] + "\n--- pipe-feed:\n" + feeder_log
+    assert "4 training samples" in log and len(metric_values(log, "validation mIOU")) == 1
+    assert "validation_0: wrote 8 records" in feeder_log
 
 
 def test_a_broken_stream_fails_training_with_the_record_and_offset(tmp_path):

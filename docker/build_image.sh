@@ -10,7 +10,8 @@
 #   --base IMAGE       another Debian/Ubuntu base (e.g. debian:bookworm-slim where Docker Hub is reachable)
 #   --weights skip     leave out the baked ImageNet weights (default: bake; needs the weights' URL reachable)
 #   --extra-ca-certs   a PEM file of CA certificates the build must trust (TLS-inspecting proxy); defaults to
-#                      $SEGMAKER_EXTRA_CA_CERTS, else to $PIP_CERT (the bundle this host's pip trusts) if set
+#                      $SEGMAKER_EXTRA_CA_CERTS, else to the bundle this host's pip trusts ($PIP_CERT, or
+#                      `cert` in pip's configuration files), if any
 #   --wheelhouse       pip-download every Python dependency on this host into container/wheelhouse/ first and
 #                      build with no package index at all
 set -euo pipefail
@@ -20,7 +21,11 @@ FLAVOUR=gpu
 TAG=""
 BASE=""
 WEIGHTS=bake
-EXTRA_CA="${SEGMAKER_EXTRA_CA_CERTS:-${PIP_CERT:-}}"
+# What this host's pip trusts: $PIP_CERT, else `cert` from pip's configuration files (e.g. /etc/pip.conf).
+pip_configured_cert() {
+    python3 -m pip config list 2>/dev/null | sed -n "s/^global\.cert='\(.*\)'\$/\1/p" | head -n 1
+}
+EXTRA_CA="${SEGMAKER_EXTRA_CA_CERTS:-${PIP_CERT:-$(pip_configured_cert || true)}}"
 WHEELHOUSE=0
 EXTRA_ARGS=()
 

@@ -12,7 +12,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-IGNORE = 255
+from segmaker.transforms import IGNORE
+
 METRICS_CSV = "metrics.csv"
 METRICS_JSON = "metrics.json"
 CURVES_PNG = "training_curves.png"

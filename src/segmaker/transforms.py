@@ -11,7 +11,9 @@ from typing import Tuple
 import numpy as np
 from PIL import Image
 
+# The mask value that counts in neither loss nor metrics; the one definition the package shares.
 IGNORE = 255
+
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 SCALE_RANGE = (0.5, 2.0)

@@ -17,8 +17,8 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import numpy as np
 
 from segmaker.errors import DataError, UserError
+from segmaker.transforms import IGNORE
 
-IGNORE = 255
 _UNMAPPED = -1  # table entry for a pixel value (or colour) no class claims
 _MAX_LISTED = 8  # offending values shown in an error message
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import BinaryIO, Dict, List, Optional, Sequence, Tuple
 
 from segmaker.data.recordio import write_record
+from segmaker.data.samples import IMAGE_SUFFIXES
 from segmaker.environment import Paths, paths_from_env
 from segmaker.errors import DataError, UserError
 
@@ -35,7 +36,6 @@ PIPE_CHANNEL_CONFIG = {
     "RecordWrapperType": "RecordIO",
     "S3DistributionType": "FullyReplicated",
 }
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _WRITE_BUFFER = 1 << 20
 _POLL_SECONDS = 0.05
 

@@ -11,10 +11,10 @@ import numpy as np
 from mxnet import autograd, gluon
 
 from segmaker.training.schedule import LearningRateSchedule
+from segmaker.transforms import IGNORE
 
 log = logging.getLogger(__name__)
 
-IGNORE = 255
 GLUONCV_IGNORE = -1
 PROGRESS_EVERY_SECONDS = 30.0
 

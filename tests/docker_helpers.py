@@ -18,7 +18,8 @@ from typing import List, Optional, Sequence, Tuple
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CPU_IMAGE = "segmaker:cpu"
+# SEGMAKER_TEST_IMAGE lets work trees built side by side on one engine keep their own tag.
+CPU_IMAGE = os.environ.get("SEGMAKER_TEST_IMAGE", "segmaker:cpu")
 # Tools that must never share the mxnet venv (awscli and moto pin botocore and need numpy-free resolution).
 AWS_TOOLS_VENV = REPO_ROOT / ".venv-aws"
 AWS_TOOLS = ("awscli>=1.32,<2", "moto[server]>=5,<6")

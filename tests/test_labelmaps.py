@@ -70,6 +70,13 @@ def test_unknown_palette_colours_are_named():
         ({"palette": {"1,2,3": 7}}, "maps to class 7, but num_classes is 3"),
         ({"colours": {}}, "must be one of"),
         ([1, 2], "must be one of"),
+        ({"scale": "1", "map": {"0": 1}}, "must be one of"),
+        ({"map": {"0": 1}, "ignored": [3]}, "must be one of"),
+        ({"map": {"0": 1}, "ignore": 3}, '"ignore" must be a list of pixel values'),
+        ({"map": {"0": 1}, "ignore": [256]}, "ignored pixel value 256 must be an integer in [0, 255]"),
+        ({"map": {"0": 1, "1": 3}, "ignore": [3]}, "pixel value 3 is given to class 1 and to ignore"),
+        ({"palette": {"1,2,3": 0}, "ignore": ["1,2,3"]}, "colour 1,2,3 is given to class 0 and to ignore"),
+        ({"palette": {"1,2,3": 0}, "ignore": ["1,2"]}, "palette colour '1,2' must be"),
     ],
 )
 def test_invalid_label_maps_are_user_errors(raw, fragment):
@@ -79,7 +86,15 @@ def test_invalid_label_maps_are_user_errors(raw, fragment):
 
 
 @pytest.mark.parametrize(
-    "raw", [{"scale": "2"}, {"map": {"0": 5, "1": 255}}, {"palette": {"10,20,30": 1, "0,0,0": 255}}]
+    "raw",
+    [
+        {"scale": "2"},
+        {"map": {"0": 5, "1": 255}},
+        {"palette": {"10,20,30": 1, "0,0,0": 255}},
+        {"map": {"0": 2, "1": 1}, "ignore": [3, 0]},
+        {"scale": "1", "ignore": [7]},
+        {"palette": {"10,20,30": 1}, "ignore": ["0,0,0"]},
+    ],
 )
 def test_json_form_round_trips(raw):
     label_map = parse_label_map(raw, 3)
@@ -113,3 +128,56 @@ def test_lookup_is_fast_enough_for_every_sample():
     load_label_map(None, 3).to_class_ids(mask, "m")
     palette.to_class_ids(rgb, "m")
     assert time.perf_counter() - start < 1.0  # ~30 ms on one core; a per-pixel Python loop takes minutes
+
+
+def test_trimap_border_goes_to_ignore_and_the_other_values_keep_their_classes():
+    """The Oxford-IIIT Pet trimap (1 pet, 2 background, 3 border) trains as it is with one label map."""
+    label_map = parse_label_map({"map": {"0": 2, "1": 1}, "ignore": [3]}, 2)
+    trimap = np.array([[2, 2, 3, 1], [2, 3, 1, 1]], dtype=np.uint8)
+    assert label_map.to_class_ids(trimap, "t.png").tolist() == [[0, 0, 255, 1], [0, 255, 1, 1]]
+    with pytest.raises(DataError, match=r"t\.png.*pixel 0"):  # a value the map does not name: still an error
+        label_map.to_class_ids(np.array([[0, 1]], dtype=np.uint8), "t.png")
+
+
+def test_ignore_with_scale_and_palette():
+    scale = parse_label_map({"scale": "1", "ignore": [2]}, 3)
+    assert scale.to_class_ids(np.array([[0, 1, 2, 255]], dtype=np.uint8), "m").tolist() == [[0, 1, 255, 255]]
+    palette = parse_label_map({"palette": {"255,0,255": 1, "255,0,0": 0}, "ignore": ["0,0,0"]}, 2)
+    rgb = np.array([[[255, 0, 255], [0, 0, 0], [255, 0, 0]]], dtype=np.uint8)
+    assert palette.to_class_ids(rgb, "m").tolist() == [[1, 255, 0]]
+
+
+def test_the_builtin_forms_keep_their_meaning_without_ignore():
+    """Adding "ignore" changed nothing for maps that do not use it: same lookup for every pixel value."""
+    pixels = np.array([list(range(9)) + [255]], dtype=np.uint8)
+    scale = parse_label_map({"scale": "3"}, 3)
+    expected = np.where(pixels == 255, 255, pixels // 3)
+    assert (scale.to_class_ids(pixels, "m") == expected).all()
+    binary = parse_label_map({"map": {"0": 0, "1": 255}}, 2)
+    assert binary.to_class_ids(np.array([[0, 255]], dtype=np.uint8), "m").tolist() == [[0, 1]]
+
+
+@pytest.mark.parametrize(
+    "scale,num_classes,meant",
+    [
+        (255, 2, '{"map": {"0": 0, "1": 255}}'),
+        (128, 2, '{"map": {"0": 0, "1": 255}}'),
+        (85, 4, '{"map": {"0": 0, "1": 85, "2": 170, "3": 255}}'),
+    ],
+)
+def test_a_scale_making_255_both_ignore_and_a_class_is_refused_with_the_map_meant(scale, num_classes, meant):
+    with pytest.raises(UserError) as caught:
+        parse_label_map({"scale": str(scale)}, num_classes, source="train_label_map.json")
+    message = str(caught.value)
+    assert message.startswith("train_label_map.json: ") and "pixel 255 would be class" in message
+    assert meant in message and '"ignore": [255]' in message
+    # The proposal works: 0/255 masks (or the multiples) come out as every class, nothing ignored.
+    proposal = parse_label_map(json.loads(meant), num_classes)
+    values = np.array([[int(v) for v in json.loads(meant)["map"].values()]], dtype=np.uint8)
+    assert proposal.to_class_ids(values, "m").tolist() == [list(range(num_classes))]
+
+
+def test_a_scale_with_255_explicitly_ignored_is_accepted():
+    label_map = parse_label_map({"scale": "255", "ignore": [255]}, 2)
+    assert label_map.to_class_ids(np.array([[0, 254, 255]], dtype=np.uint8), "m").tolist() == [[0, 0, 255]]
+    parse_label_map({"scale": "1"}, 254)  # 255 // 1 is no class: the default is never refused

@@ -5,14 +5,20 @@ Three forms, as JSON:
 - `{"map": {"0": 5, "1": 0}}`: keys are class ids, values the pixel values that encode them (the built-in's);
 - `{"palette": {"255,0,255": 1, "0,0,0": 255}}`: RGB colour -> class id, 255 = ignore (ours: colour masks).
 
-Pixel 255 means ignore unless the map assigns it to a class. This runs on every training sample, so it is a
-single table lookup: a 256-entry table for scale/map masks, a sorted table of packed RGB values for palettes.
+Ours too: any form may add `"ignore": [3]` (pixel values; "r,g,b" colours for a palette) whose pixels count
+in neither loss nor metrics, e.g. the Oxford-IIIT Pet trimaps' border: `{"map": {"0": 2, "1": 1},
+"ignore": [3]}`.
+
+Pixel 255 means ignore unless the map assigns it to a class. A scale under which 255 would also be a class
+(`{"scale": "255"}` on 0/255 masks) is refused: it would silently train on one class. This runs on every
+training sample, so it is a single table lookup: a 256-entry table for scale/map masks, a sorted table of
+packed RGB values for palettes.
 """
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -37,28 +43,40 @@ class LabelMap:
     _colours: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_scale(cls, scale: int, num_classes: int) -> "LabelMap":
+    def from_scale(cls, scale: int, num_classes: int, ignore: Sequence[int] = ()) -> "LabelMap":
+        """class = floor(pixel / scale); 255 and the `ignore` pixel values are ignored."""
         table = np.full(256, _UNMAPPED, dtype=np.int16)
         values = np.arange(255)
         table[:255] = values // scale
         table[IGNORE] = IGNORE
-        return cls(num_classes, "scale", {"scale": str(scale)}, table)
+        table[list(ignore)] = IGNORE
+        return cls(num_classes, "scale", _with_ignore({"scale": str(scale)}, ignore), table)
 
     @classmethod
-    def from_class_to_pixel(cls, class_to_pixel: Mapping[int, int], num_classes: int) -> "LabelMap":
+    def from_class_to_pixel(
+        cls, class_to_pixel: Mapping[int, int], num_classes: int, ignore: Sequence[int] = ()
+    ) -> "LabelMap":
+        """Pixel value -> class as listed; 255 (unless a class claims it) and `ignore` are ignored."""
         table = np.full(256, _UNMAPPED, dtype=np.int16)
         table[IGNORE] = IGNORE  # overwritten below if a class claims pixel 255
         for class_id, pixel in class_to_pixel.items():
             table[pixel] = class_id
+        table[list(ignore)] = IGNORE
         spec = {"map": {str(c): p for c, p in sorted(class_to_pixel.items())}}
-        return cls(num_classes, "map", spec, table)
+        return cls(num_classes, "map", _with_ignore(spec, ignore), table)
 
     @classmethod
-    def from_palette(cls, colour_to_class: Mapping[Colour, int], num_classes: int) -> "LabelMap":
-        items = sorted((_pack(colour), class_id) for colour, class_id in colour_to_class.items())
+    def from_palette(
+        cls, colour_to_class: Mapping[Colour, int], num_classes: int, ignore: Sequence[Colour] = ()
+    ) -> "LabelMap":
+        """Colour -> class id (255 = ignore); the `ignore` colours are ignored too."""
+        every = dict(colour_to_class)
+        every.update({colour: IGNORE for colour in ignore})
+        items = sorted((_pack(colour), class_id) for colour, class_id in every.items())
         colours = np.array([packed for packed, _ in items], dtype=np.uint32)
         classes = np.array([class_id for _, class_id in items], dtype=np.int16)
-        spec = {"palette": {"{},{},{}".format(*c): k for c, k in sorted(colour_to_class.items())}}
+        spec = {"palette": {_colour_text(c): k for c, k in sorted(colour_to_class.items())}}
+        spec = _with_ignore(spec, [_colour_text(c) for c in ignore])
         return cls(num_classes, "palette", spec, classes, colours)
 
     @property
@@ -102,6 +120,15 @@ class LabelMap:
             )
 
 
+def _with_ignore(spec: Dict[str, object], ignore: Sequence[object]) -> Dict[str, object]:
+    """The canonical JSON form: "ignore" only when something is ignored, sorted."""
+    return dict(spec, ignore=sorted(set(ignore))) if ignore else spec
+
+
+def _colour_text(colour: Colour) -> str:
+    return "{},{},{}".format(*colour)
+
+
 def _pack(colour: Colour) -> int:
     red, green, blue = colour
     return (red << 16) | (green << 8) | blue
@@ -134,19 +161,73 @@ def _listing(texts) -> str:
     return shown if len(items) <= _MAX_LISTED else f"{shown} and {len(items) - _MAX_LISTED} more"
 
 
+FORMS = ("scale", "map", "palette")
+
+
 def parse_label_map(raw: object, num_classes: int, source: str = "label map") -> LabelMap:
     """Validate a label map's JSON value; a UserError names `source` and what is wrong."""
-    if not isinstance(raw, dict) or len(raw) != 1 or next(iter(raw)) not in ("scale", "map", "palette"):
+    forms = [key for key in FORMS if isinstance(raw, dict) and key in raw]
+    if len(forms) != 1 or set(raw) - {forms[0], "ignore"}:
         raise UserError(
             f'{source}: must be one of {{"scale": "N"}}, {{"map": {{"class_id": pixel, ...}}}} or '
-            f'{{"palette": {{"r,g,b": class_id, ...}}}}, not {json.dumps(raw)[:200]}'
+            f'{{"palette": {{"r,g,b": class_id, ...}}}}, optionally with "ignore": [pixel values or "r,g,b" '
+            f"colours], not {json.dumps(raw)[:200]}"
         )
-    kind, value = next(iter(raw.items()))
+    kind = forms[0]
+    value, ignore = raw[kind], raw.get("ignore", [])
+    if kind == "palette":
+        colours = _colour_to_class(value, num_classes, source)
+        return LabelMap.from_palette(colours, num_classes, _ignored_colours(ignore, colours, source))
+    ignored = _ignored_pixels(ignore, source)
     if kind == "scale":
-        return LabelMap.from_scale(_int_field(value, source, "scale", 1, 255), num_classes)
-    if kind == "map":
-        return LabelMap.from_class_to_pixel(_class_to_pixel(value, num_classes, source), num_classes)
-    return LabelMap.from_palette(_colour_to_class(value, num_classes, source), num_classes)
+        scale = _int_field(value, source, "scale", 1, 255)
+        _check_scale_keeps_ignore(scale, num_classes, ignored, source)
+        return LabelMap.from_scale(scale, num_classes, ignored)
+    mapping = _class_to_pixel(value, num_classes, source)
+    _check_not_both(ignored, {pixel: f"class {c}" for c, pixel in mapping.items()}, "pixel value", source)
+    return LabelMap.from_class_to_pixel(mapping, num_classes, ignored)
+
+
+def _ignored_pixels(value: object, source: str) -> List[int]:
+    if not isinstance(value, list):
+        raise UserError(f'{source}: "ignore" must be a list of pixel values ([3]), not {json.dumps(value)}')
+    return [_int_field(item, source, "ignored pixel value", 0, 255) for item in value]
+
+
+def _ignored_colours(value: object, colours: Mapping[Colour, int], source: str) -> List[Colour]:
+    if not isinstance(value, list):
+        raise UserError(f'{source}: "ignore" must be a list of "r,g,b" colours, not {json.dumps(value)}')
+    ignored = [_parse_colour(item, source) for item in value]
+    named = {colour: f"class {c}" for colour, c in colours.items() if c != IGNORE}
+    _check_not_both(ignored, named, "colour", source)
+    return ignored
+
+
+def _check_not_both(ignored: Sequence[object], owners: Mapping[object, str], what: str, source: str) -> None:
+    for item in ignored:
+        if item in owners:
+            shown = _colour_text(item) if isinstance(item, tuple) else item
+            raise UserError(f"{source}: {what} {shown} is given to {owners[item]} and to ignore")
+
+
+def _check_scale_keeps_ignore(scale: int, num_classes: int, ignored: Sequence[int], source: str) -> None:
+    """Refuse a scale under which pixel 255 would be a class as well as ignore (unless "ignore" says which).
+
+    `{"scale": "255"}` on 0/255 masks makes 255 class 1 by the scale but ignore by convention: the job would
+    train on background alone. Propose the map that was most likely meant: the classes below at multiples of
+    the scale, the class that 255 falls in at 255.
+    """
+    top_class = IGNORE // scale
+    if top_class >= num_classes or IGNORE in ignored:
+        return
+    meant = {str(k): k * scale for k in range(top_class)}
+    meant[str(top_class)] = IGNORE
+    raise UserError(
+        f'{source}: under {{"scale": "{scale}"}} pixel 255 would be class {top_class}, but 255 also means '
+        f"ignore, so those pixels would silently not be trained on. If pixel 255 is class {top_class} (masks "
+        f"stored as {', '.join(str(v) for v in meant.values())}), use {json.dumps({'map': meant})}; if 255 "
+        f'marks pixels to ignore, say so: {{"scale": "{scale}", "ignore": [255]}}'
+    )
 
 
 def _int_field(value: object, source: str, what: str, low: int, high: int) -> int:

@@ -241,3 +241,41 @@ def test_truncation_is_400_even_after_gluoncv_turned_on_pils_truncated_loading(f
 def test_jpeg_with_trailing_bytes_after_eoi_is_accepted():
     body = _encoded(_photo(), "JPEG") + b"camera junk"
     assert codecs.decode_image(body, MAX_PIXELS).shape == (24, 40, 3)
+
+
+# A served image is decoded by training's rule (data.decode.rgb_pixels), so a model sees the same pixels.
+def _tagged(stored: np.ndarray, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, format="PNG", exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_served_images_are_turned_by_their_exif_orientation_as_in_training(orientation):
+    from segmaker.data.decode import decode_image as training_decode
+
+    stored = _photo(6, 10)
+    body = _tagged(stored, orientation)
+    served = codecs.decode_image(body, MAX_PIXELS)
+    assert served.shape == ((10, 6, 3) if orientation >= 5 else (6, 10, 3))
+    assert np.array_equal(served, training_decode(body, "x.png"))
+
+
+def test_served_16_bit_grey_is_brought_to_8_bits_not_saturated():
+    values = np.array([[0, 1000, 30000, 65535]], dtype=np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(values).save(buffer, format="PNG")
+    assert codecs.decode_image(buffer.getvalue(), MAX_PIXELS)[..., 1].tolist() == [[0, 4, 117, 255]]
+
+
+@pytest.mark.parametrize("mode, fmt", [("CMYK", "JPEG"), ("LA", "PNG"), ("I;16", "PNG")])
+def test_other_storage_modes_decode(mode, fmt):
+    body = _encoded(_photo(), fmt, "L" if mode == "I;16" else mode)
+    if mode == "I;16":
+        buffer = io.BytesIO()
+        Image.fromarray(np.asarray(Image.open(io.BytesIO(body))).astype(np.uint16) * 257).save(buffer, "PNG")
+        body = buffer.getvalue()
+    assert Image.open(io.BytesIO(body)).mode == mode
+    assert codecs.decode_image(body, MAX_PIXELS).shape == (24, 40, 3)

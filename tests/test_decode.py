@@ -85,3 +85,87 @@ def test_bad_mask_bytes_name_the_mask():
     )
     with pytest.raises(DataError, match="a.png: cannot decode"):
         decode_sample(sample, load_label_map(None, 3))
+
+
+# --------------------------------------------------------------- one rule for every picture (rgb_pixels)
+
+# How each EXIF orientation turns the stored pixels into the picture as shown (EXIF 2.3, tag 0x0112),
+# written out with numpy independently of PIL's ImageOps.
+SHOWN_FROM_STORED = {
+    1: lambda s: s,
+    2: lambda s: s[:, ::-1],
+    3: lambda s: s[::-1, ::-1],
+    4: lambda s: s[::-1, :],
+    5: lambda s: s.transpose(1, 0, 2),
+    6: lambda s: np.rot90(s, -1),  # stored lying on its left side: turn clockwise
+    7: lambda s: np.rot90(s, 2).transpose(1, 0, 2),
+    8: lambda s: np.rot90(s, 1),
+}
+INVERSE = {6: 8, 8: 6}
+
+
+def with_orientation(stored: np.ndarray, orientation: int, fmt: str = "PNG") -> bytes:
+    picture = Image.fromarray(stored)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    picture.save(buffer, format=fmt, exif=exif.tobytes(), **({"quality": 95} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_gives_the_picture_as_shown(orientation):
+    shown = np.random.default_rng(orientation).integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    stored = np.ascontiguousarray(SHOWN_FROM_STORED[INVERSE.get(orientation, orientation)](shown))
+    assert np.array_equal(SHOWN_FROM_STORED[orientation](stored), shown)  # the table's own consistency
+    assert decode_image(with_orientation(stored, orientation), "phone.png").tolist() == shown.tolist()
+
+
+def test_a_phone_photo_lines_up_with_the_mask_drawn_over_it_in_a_browser():
+    # The camera stores a 40 wide x 24 high sensor image with orientation 6 (shown 24 wide x 40 high);
+    # the mask was drawn over the picture as shown: class 1 in its top 10 rows.
+    shown = np.zeros((40, 24, 3), np.uint8)
+    shown[:10] = 250
+    mask = np.zeros((40, 24), np.uint8)
+    mask[:10] = 1
+    stored = np.ascontiguousarray(np.rot90(shown, 1))  # orientation 6 turns it back clockwise
+    sample = EncodedSample("phone.jpg", with_orientation(stored, 6, "JPEG"), encode_mask(mask))
+    image, decoded_mask = decode_sample(sample, load_label_map(None, 2))
+    assert image.shape == (40, 24, 3) and decoded_mask.tolist() == mask.tolist()
+    assert image[:10].mean() > 240 and image[10:].mean() < 15
+
+
+def test_16_bit_grey_uses_the_16_bit_scale():
+    values = np.array([[0, 257, 1000, 65535]], dtype=np.uint16)
+    decoded = decode_image(png(values), "g16.png")
+    # round(v * 255 / 65535): 0, 1, 3.89 -> 4, 255, the same in all three channels.
+    assert decoded[..., 0].tolist() == [[0, 1, 4, 255]]
+    assert (decoded == decoded[..., :1]).all()
+
+
+def test_32_bit_grey_uses_the_same_rule_clipped():
+    values = np.array([[-5, 32768, 65535, 70000]], dtype=np.int32)
+    buffer = io.BytesIO()
+    Image.fromarray(values, "I").save(buffer, format="TIFF")  # older Pillow opens 16-bit PNGs as mode I too
+    assert decode_image(buffer.getvalue(), "g32.tif")[..., 0].tolist() == [[0, 128, 255, 255]]
+
+
+def test_cmyk_la_palette_and_bilevel_become_rgb():
+    cyan = Image.new("CMYK", (8, 8), (255, 0, 0, 0))
+    buffer = io.BytesIO()
+    cyan.save(buffer, format="JPEG", quality=95)
+    pixel = decode_image(buffer.getvalue(), "cmyk.jpg")[4, 4].astype(int)
+    assert pixel[0] < 20 and pixel[1] > 235 and pixel[2] > 235
+    grey_alpha = Image.new("LA", (3, 2), (100, 7))
+    assert decode_image(_saved(grey_alpha), "la.png")[0, 0].tolist() == [100, 100, 100]
+    palette = Image.new("P", (3, 2), 1)
+    palette.putpalette([0, 0, 0, 10, 20, 30] + [0] * 762)
+    assert decode_image(_saved(palette), "p.png")[0, 0].tolist() == [10, 20, 30]
+    assert decode_image(_saved(Image.new("1", (3, 2), 1)), "b.png")[0, 0].tolist() == [255, 255, 255]
+
+
+def _saved(picture: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format=fmt)
+    return buffer.getvalue()
+

@@ -29,6 +29,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from segmaker.data.decode import PIL_ERRORS, ImageDecodeError, rgb_pixels
 from segmaker.errors import BadRequest, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
 from segmaker.serving.protobuf import recordio_protobuf
 
@@ -48,7 +49,8 @@ def media_type(header: Optional[str]) -> str:
 
 
 def decode_image(body: bytes, max_pixels: int) -> np.ndarray:
-    """JPEG or PNG bytes (sniffed) -> H x W x 3 uint8 RGB; 400 if undecodable, 413 if too many pixels."""
+    """JPEG or PNG bytes (sniffed) -> H x W x 3 uint8 RGB as `data.decode.rgb_pixels` turns any picture
+    (EXIF orientation applied: H x W as the picture is shown); 400 if undecodable, 413 if too many pixels."""
     if not body:
         raise BadRequest("the request body is empty: send a JPEG or PNG image")
     picture = _open_header(body)
@@ -61,9 +63,12 @@ def decode_image(body: bytes, max_pixels: int) -> np.ndarray:
         raise BadRequest(f"the {picture.format} image cannot be decoded: {problem}")
     try:
         picture.load()
-    except (OSError, ValueError, SyntaxError) as exc:
+        # The training rule (EXIF orientation, 16-bit grey, CMYK/LA/P/1), so served masks match training's.
+        return rgb_pixels(picture)
+    except ImageDecodeError as exc:
+        raise BadRequest(f"the {picture.format} image cannot be used: {exc}") from None
+    except PIL_ERRORS as exc:
         raise BadRequest(f"the {picture.format} image cannot be decoded: {exc}") from None
-    return np.asarray(picture.convert("RGB"))
 
 
 def _truncation(body: bytes, fmt: str) -> str:
@@ -104,7 +109,7 @@ def _open_header(body: bytes) -> Image.Image:
         return Image.open(io.BytesIO(body), formats=_SNIFFED_FORMATS)
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"the image has too many pixels: {exc}") from None
-    except (OSError, ValueError, SyntaxError):
+    except PIL_ERRORS:
         raise BadRequest(f"the body ({len(body)} bytes, starting {body[:8]!r}) is not a JPEG or PNG image"
                          ) from None
 

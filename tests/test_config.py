@@ -144,3 +144,12 @@ def test_an_empty_step_list_with_the_step_schedule_is_missing():
     assert "lr_scheduler_step is required" in problems_of(
         {"num_classes": "2", "lr_scheduler": "step", "lr_scheduler_step": ""}
     )
+
+
+def test_class_names_are_comma_separated_one_per_class():
+    config = parse_hyperparameters({"num_classes": "3", "class_names": "background, cat ,dog"})
+    assert config.class_names == ("background", "cat", "dog")
+    assert parse_hyperparameters(config.to_json_dict()) == config
+    assert parse_hyperparameters({"num_classes": 2, "class_names": ["a", "b"]}).class_names == ("a", "b")
+    assert "2 names, but num_classes is 3" in problems_of({"num_classes": "3", "class_names": "a,b"})
+    assert "class_names = 'a,a'" in problems_of({"num_classes": "2", "class_names": "a,a"})

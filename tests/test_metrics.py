@@ -128,3 +128,19 @@ def test_metric_definitions_copy_is_independent():
     copy = metric_definitions()
     copy[0]["Name"] = "changed"
     assert METRIC_DEFINITIONS[0]["Name"] == "train:loss"
+
+
+def test_per_class_scores_by_hand_with_an_absent_class_as_none():
+    """Classes 0, 1 present, class 2 absent from label and prediction: its scores are None, not NaN or 0."""
+    from segmaker.metrics import per_class_scores, per_class_table
+
+    matrix = ConfusionMatrix(3)
+    # label:      0 0 0 1 1 255
+    # prediction: 0 0 1 1 1 0
+    matrix.update(np.array([0, 0, 1, 1, 1, 0]), np.array([0, 0, 0, 1, 1, 255]))
+    scores = per_class_scores(matrix)
+    # class 0: TP 2, FP 0, FN 1 -> IoU 2/3, Dice 4/5; class 1: TP 2, FP 1, FN 0 -> IoU 2/3, Dice 4/5
+    assert scores["iou"][:2] == pytest.approx([2 / 3, 2 / 3]) and scores["iou"][2] is None
+    assert scores["dice"][:2] == pytest.approx([0.8, 0.8]) and scores["dice"][2] is None
+    table = per_class_table(matrix, ["bg", "pet", "other"])
+    assert "pet    0.6667  0.8000   40.0%" in table and "other    -       -" in table

@@ -178,7 +178,8 @@ def test_a_job_shaped_like_the_builtin_leaves_every_artifact(tmp_path):
         label_map = {"map": {str(k): v for k, v in pixel_of_class.items()}}
         (label_maps / f"{split}_label_map.json").write_text(json.dumps(label_map))
     paths.config_dir.mkdir(parents=True)
-    hyperparameters = dict(FAST, num_classes=3, backbone="resnet-50", algorithm="fcn", epochs=2)
+    hyperparameters = dict(FAST, num_classes=3, backbone="resnet-50", algorithm="fcn", epochs=2,
+                           class_names="background,red,green")
     paths.hyperparameters_file.write_text(json.dumps({k: str(v) for k, v in hyperparameters.items()}))
     channels = ("train", "train_annotation", "validation", "validation_annotation", "label_map")
     config = {
@@ -194,9 +195,18 @@ def test_a_job_shaped_like_the_builtin_leaves_every_artifact(tmp_path):
         assert name in model, (name, model)
     assert json.loads((paths.model_dir / "hyperparams.json").read_text())["num_classes"] == 3
     outputs = sorted(p.name for p in paths.output_data_dir.iterdir())
-    assert outputs == ["metrics.csv", "metrics.json", "training_curves.png", "validation_predictions.png"]
-    assert [r.epoch for r in read_metrics(paths.output_data_dir)] == [0, 1]
+    assert outputs == ["confusion_matrix.csv", "confusion_matrix.png", "metrics.csv", "metrics.json",
+                       "report.html", "training_curves.png", "validation_predictions.png"]
+    records = read_metrics(paths.output_data_dir)
+    assert [r.epoch for r in records] == [0, 1]
     assert "#progress_metric: host=algo-1, completed 100 % of epochs" in log
+    # Per-class scores under the class names: in the log, the CSV columns and the model's manifest.
+    assert "Epoch 1 validation per class:" in log and "\ngreen " in log
+    header = (paths.output_data_dir / "metrics.csv").read_text().splitlines()[0]
+    assert header.endswith("IoU_background,IoU_red,IoU_green,Dice_background,Dice_red,Dice_green")
+    assert len(records[1].iou_per_class) == 3
+    assert json.loads((paths.model_dir / "segmaker.json").read_text())["class_names"] == ["background", "red",
+                                                                                          "green"]
 
 
 def test_pretrained_channel_then_incremental_training_from_the_model(tmp_path, monkeypatch, capsys):

@@ -28,6 +28,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import mxnet as mx
 
 from segmaker.errors import UserError
+from segmaker.metrics import class_names_or_default
 from segmaker.models import SegmentationInference, build_network, load_parameters
 
 LOG = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class ModelManifest:
 
     def names(self) -> List[str]:
         """The class names, `class_<id>` for a model trained without names."""
-        return list(self.class_names) or [f"class_{i}" for i in range(self.num_classes)]
+        return class_names_or_default(self.class_names, self.num_classes)
 
     def to_json_dict(self) -> Dict[str, object]:
         return {

@@ -61,11 +61,13 @@ class TrainingConfig:
     precision_dtype: str = "float32"
     kvstore: str = "auto"
     data_workers: Optional[int] = None
+    class_names: Tuple[str, ...] = ()
 
     def to_json_dict(self) -> Dict[str, object]:
         """JSON-typed resolved values for hyperparams.json; `parse_hyperparameters` reads them back."""
         values = asdict(self)
         values["lr_scheduler_step"] = list(self.lr_scheduler_step)
+        values["class_names"] = ",".join(self.class_names)
         values["data_workers"] = "auto" if self.data_workers is None else self.data_workers
         return values
 
@@ -203,6 +205,17 @@ def optional_positive_int(value: object) -> Optional[int]:
         raise _Invalid('"auto" or a positive integer') from None
 
 
+def name_list(value: object) -> Tuple[str, ...]:
+    """Comma-separated class names (or a JSON list), each non-empty and different from the others."""
+    items = value if isinstance(value, (list, tuple)) else _as_text(value).split(",")
+    names = tuple(_as_text(item) for item in items)
+    if names == ("",):
+        return ()
+    if "" in names or len(set(names)) != len(names):
+        raise _Invalid('comma-separated, different, non-empty names such as "background,road"')
+    return names
+
+
 PARSERS: Dict[str, Parser] = {
     "backbone": choice(["resnet-50", "resnet-101"], BACKBONES),
     "algorithm": choice(ALGORITHMS),
@@ -235,6 +248,7 @@ PARSERS: Dict[str, Parser] = {
     "precision_dtype": choice(PRECISION_DTYPES),
     "kvstore": choice(KVSTORES),
     "data_workers": optional_positive_int,
+    "class_names": name_list,
 }
 
 
@@ -278,4 +292,8 @@ def _missing_required(values: Mapping[str, object], invalid: Set[str]) -> List[s
         problems.append(
             'lr_scheduler_step is required with lr_scheduler = "step": comma-separated epochs, e.g. "10,20"'
         )
+    names, num_classes = values.get("class_names"), values.get("num_classes")
+    if names and num_classes is not None and len(names) != num_classes:
+        given = ",".join(names)
+        problems.append(f"class_names = {given!r}: {len(names)} names, but num_classes is {num_classes}")
     return problems

@@ -4,7 +4,7 @@ Scores are derived from counts summed over the whole validation set (and over de
 adding matrices), never averaged over batches, so they are exact whatever the batch split.
 """
 
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -90,6 +90,42 @@ class ConfusionMatrix:
     def scores(self) -> Dict[str, float]:
         """The three validation scores, keyed as in the metric names (validation:<key>)."""
         return {"pixel_accuracy": self.pixel_accuracy(), "mIOU": self.mean_iou(), "dice": self.dice()}
+
+
+def class_names_or_default(names: Sequence[str], num_classes: int) -> List[str]:
+    """The given class names, or class_0, class_1, ... when none were given."""
+    return list(names) if names else [f"class_{i}" for i in range(num_classes)]
+
+
+def per_class_scores(matrix: ConfusionMatrix) -> Dict[str, List[Optional[float]]]:
+    """{"iou": [...], "dice": [...]} one value per class id; None where the class is absent from both
+    prediction and label (no defined score, and JSON has no NaN)."""
+    return {
+        "iou": [_none_if_nan(v) for v in matrix.iou_per_class()],
+        "dice": [_none_if_nan(v) for v in matrix.dice_per_class()],
+    }
+
+
+def per_class_table(matrix: ConfusionMatrix, names: Sequence[str]) -> str:
+    """A small text table for the log: class, IoU, Dice, and its share of the labelled pixels."""
+    names = class_names_or_default(names, matrix.num_classes)
+    scores = per_class_scores(matrix)
+    labelled = matrix.counts.sum(axis=1)
+    width = max(len("class"), *(len(name) for name in names))
+    lines = [f"{'class':<{width}}  IoU     Dice    pixels"]
+    for k, name in enumerate(names):
+        share = labelled[k] / matrix.total if matrix.total else 0.0
+        lines.append(f"{name:<{width}}  {_score_text(scores['iou'][k])}  {_score_text(scores['dice'][k])}"
+                     f"  {share:6.1%}")
+    return "\n".join(lines)
+
+
+def _score_text(value: Optional[float]) -> str:
+    return "  -   " if value is None else f"{value:.4f}"
+
+
+def _none_if_nan(value: float) -> Optional[float]:
+    return None if np.isnan(value) else float(value)
 
 
 def _divide_where(numerator: np.ndarray, denominator: np.ndarray, defined: np.ndarray) -> np.ndarray:

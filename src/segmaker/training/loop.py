@@ -14,7 +14,7 @@ import time
 from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import mxnet as mx
 import numpy as np
@@ -185,33 +185,39 @@ class _Run:
         """Validate, update early stopping and the best weights, report; the epoch joins the history."""
         stats = state.partial_epoch
         validation_started = time.monotonic()
-        scores = self._validate()
+        matrix = self._validate()
+        scores = matrix.scores() if matrix is not None else None
         validation_seconds = time.monotonic() - validation_started
         early_stopping = state.early_stopping
         if scores is not None:
             early_stopping = early_stopping.update(epoch, scores["mIOU"], self.rule)
-        if scores is None or early_stopping.is_best(epoch):
+        best = scores is None or early_stopping.is_best(epoch)
+        if best:
             self.net.save_parameters(str(self.best_params))
-        record = _epoch_record(epoch, stats, scores)
+        record = EpochRecord.of_epoch(
+            epoch, stats.mean_loss, stats.throughput, stats.last_lr, stats.seconds, matrix
+        )
         state = replace(
             state,
             early_stopping=early_stopping,
-            history=state.history + (record.to_dict(),),
+            history=outputs.append_history(state.history, record, matrix if best else None),
             partial_epoch=EpochStats(),
         )
         self._report(record, scores)
+        if matrix is not None:
+            log.info("Epoch %d validation per class:\n%s", epoch,
+                     metrics.per_class_table(matrix, self.config.class_names))
         log.info("Epoch %d: training %.1f s, validation %.1f s", epoch, record.seconds, validation_seconds)
         if self.role.is_main:
-            outputs.write_metrics(
-                [EpochRecord.from_dict(row) for row in state.history], self.job.paths.output_data_dir
-            )
+            outputs.write_metrics([EpochRecord.from_dict(row) for row in state.history],
+                                  self.job.paths.output_data_dir, self.config.class_names)
         return state
 
-    def _validate(self) -> Optional[Dict[str, float]]:
+    def _validate(self) -> Optional[metrics.ConfusionMatrix]:
         if self.validator is None:
             return None
         self.validator.load_weights_from(self.net)
-        return self.validator.evaluate(self.feed.validation_batches()).scores()
+        return self.validator.evaluate(self.feed.validation_batches())
 
     def _report(self, record: EpochRecord, scores: Optional[Dict[str, float]]) -> None:
         host, epoch = self.role.host, record.epoch
@@ -234,25 +240,20 @@ class _Run:
             return
         if not finished:
             self._checkpoint(state)
-        records = [EpochRecord.from_dict(row) for row in state.history]
         best = self.best_params if self.best_params.exists() else None
         label_map = self.feed.data.train_label_map
         write_model(self.job, self.net, best, state.early_stopping, label_map, working_size(self.config))
-        self._write_outputs(records, best if finished else None)
+        self._write_outputs(state.history, best if finished else None)
 
-    def _write_outputs(self, records: List[EpochRecord], plot_with: Optional[Path]) -> None:
-        """Metrics table and curves; the prediction plot too when given the parameters to plot with."""
-        out_dir = self.job.paths.output_data_dir
-        outputs.write_metrics(records, out_dir)
-        if records:
-            outputs.plot_curves(records, out_dir / outputs.CURVES_PNG)
+    def _write_outputs(self, history, plot_with: Optional[Path]) -> None:
+        """output/data and its report.html; prediction examples too when given the parameters to plot with."""
+        examples = None
         images, truths = self.feed.examples
         if self.validator is not None and plot_with is not None and images:
             self.validator.load_weights_file(plot_with)
-            predicted = self.validator.predict(images)
-            outputs.plot_predictions(
-                images, truths, predicted, self.config.num_classes, out_dir / outputs.PREDICTIONS_PNG
-            )
+            examples = outputs.Examples(images, truths, self.validator.predict(images))
+        report = outputs.write_outputs(self.job.paths.output_data_dir, history, self.config, examples)
+        log.info("Report: %s", report)
 
     def _result(self, state: TrainingState, completed: bool) -> TrainingResult:
         early = state.early_stopping
@@ -262,17 +263,3 @@ class _Run:
             best_epoch=early.best_epoch,
             best_miou=early.best_miou if early.best_epoch is not None else None,
         )
-
-
-def _epoch_record(epoch: int, stats: EpochStats, scores: Optional[Dict[str, float]]) -> EpochRecord:
-    validated = scores or {}
-    return EpochRecord(
-        epoch=epoch,
-        train_loss=stats.mean_loss,
-        throughput=stats.throughput,
-        pixel_accuracy=validated.get("pixel_accuracy"),
-        mIOU=validated.get("mIOU"),
-        dice=validated.get("dice"),
-        lr=stats.last_lr,
-        seconds=stats.seconds,
-    )

@@ -30,6 +30,7 @@ def write_model(
         backbone=config.backbone,
         num_classes=config.num_classes,
         working_size=working_size,
+        class_names=config.class_names,
         label_map=label_map.to_json(),
         best_epoch=early_stopping.best_epoch,
         best_miou=early_stopping.best_miou if validated else None,

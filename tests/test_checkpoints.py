@@ -27,6 +27,7 @@ def state(iterations, best=0.5):
         early_stopping=EarlyStoppingState(best_miou=best, best_epoch=1, epochs_without_gain=2, epochs_seen=3),
         history=({"epoch": 0, "mIOU": 0.4},),
         hyperparameters=HYPERPARAMETERS,
+        data_seed=1234,
     )
 
 
@@ -91,3 +92,17 @@ def test_other_hyperparameters_start_fresh_and_leave_the_old_checkpoint(tmp_path
 
 def test_missing_directory_means_no_checkpoint(tmp_path):
     assert CheckpointStore(tmp_path / "absent", HYPERPARAMETERS).latest() is None
+
+
+def test_the_data_seed_is_the_hyperparameter_else_the_checkpoint_s_else_a_logged_fresh_one(tmp_path, caplog):
+    from segmaker.training.loop import data_seed
+
+    net, trainer = tiny_net_and_trainer()
+    store = CheckpointStore(tmp_path, HYPERPARAMETERS)
+    store.save(state(30), net, trainer, None)
+    assert data_seed(5, store.latest()) == 5
+    assert data_seed(None, store.latest()) == 1234  # a resumed run keeps the order it started with
+    with caplog.at_level(logging.INFO):
+        drawn = data_seed(None, None)
+    assert f"data seed {drawn} drawn" in caplog.text
+    assert len({data_seed(None, None) for _ in range(3)} | {drawn}) > 1

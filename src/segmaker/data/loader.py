@@ -8,8 +8,8 @@ Design choices:
   augments, normalises and stacks them, so the main process only unpickles two ready arrays per batch.
 - Results come back in submission order; at most `prefetch_batches` batches are in flight (bounded memory,
   and a Pipe-mode stream is never read far ahead of training).
-- Every sample's randomness comes from `(seed, epoch, position)`, so augmentation does not depend on how
-  many workers there are or which one handled a batch.
+- Which samples form each batch, and each sample's augmentation seed, come from `data.order.DataOrder`:
+  a pure function of (seed, epoch, position), independent of the worker processes, the hosts and resumption.
 - A worker's exception (DataError naming the file) is re-raised as is in the main process; a worker that
   dies (e.g. out of memory) raises an error instead of hanging; leaving an epoch early cancels what is queued.
 
@@ -30,6 +30,7 @@ import numpy as np
 
 from segmaker.data.decode import decode_sample
 from segmaker.data.labelmaps import LabelMap
+from segmaker.data.order import DataOrder, LocalBatch, chunks, draw_seed
 from segmaker.data.samples import EncodedSample, FileSample
 from segmaker.transforms import TrainTransform
 
@@ -38,9 +39,6 @@ Batch = Tuple[np.ndarray, np.ndarray]
 ValidationBatch = Tuple[List[np.ndarray], List[np.ndarray]]
 Job = TypeVar("Job")
 Result = TypeVar("Result")
-
-_SHUFFLE_STREAM = 0  # seed-sequence tags: the epoch's shuffle and each sample's augmentation draw apart
-_SAMPLE_STREAM = 1
 
 
 def resolve_worker_count(data_workers: Optional[int]) -> int:
@@ -159,22 +157,8 @@ def _decode_chunk(job: _DecodeJob) -> ValidationBatch:
     return [image for image, _ in pairs], [mask for _, mask in pairs]
 
 
-Item = TypeVar("Item")
-
-
-def _chunks(items: Iterable[Item], size: int, drop_last: bool) -> Iterator[List[Item]]:
-    chunk: List[Item] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk and not drop_last:
-        yield chunk
-
-
 class BatchLoader:
-    """Training batches from File-mode samples (a list, shuffled per epoch) or a Pipe-mode stream.
+    """Training batches from File-mode samples (a list) or a Pipe-mode stream, in `data.order`'s order.
 
     Use as a context manager, or call `close()`: it owns its worker processes unless given a `pool`.
     """
@@ -188,20 +172,17 @@ class BatchLoader:
         num_workers: Optional[int] = None,
         pool: Optional[WorkerPool] = None,
         seed: Optional[int] = None,
-        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
         prefetch_batches: Optional[int] = None,
     ):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, not {batch_size}")
         self.transform = transform
         self.label_map = label_map
-        self.batch_size = batch_size
-        self.drop_last = drop_last
-        self._owns_pool = pool is None
-        self.pool = pool if pool is not None else WorkerPool(resolve_worker_count(num_workers))
         # Without a seed, draw one now: epochs still differ from each other, and batches stay independent
         # of the worker count within the run.
-        self.seed = seed if seed is not None else int(np.random.SeedSequence().entropy % (2**32))
+        self.order = DataOrder(draw_seed() if seed is None else seed, batch_size, rank, world_size)
+        self._owns_pool = pool is None
+        self.pool = pool if pool is not None else WorkerPool(resolve_worker_count(num_workers))
         self.prefetch_batches = prefetch_batches or 2 * max(1, self.pool.num_workers)
 
     def __enter__(self) -> "BatchLoader":
@@ -215,38 +196,44 @@ class BatchLoader:
             self.pool.close()
 
     def batches_per_epoch(self, num_samples: int) -> int:
-        """floor(num_samples / batch_size) with drop_last (the built-in's iterations per epoch), else ceil."""
-        full, rest = divmod(num_samples, self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
+        """floor(num_samples / batch_size), as the built-in counts iterations (a short last batch dropped)."""
+        return num_samples // self.order.batch_size
 
     def epoch(
         self,
         samples: Union[Sequence[SampleRef], Iterable[EncodedSample]],
         epoch: int,
         *,
-        shuffle: bool = True,
+        first_batch: int = 0,
         max_batches: Optional[int] = None,
     ) -> Iterator[Batch]:
-        """One epoch of batches. A sequence is shuffled (seeded by seed and epoch); a stream is taken as is.
+        """This worker's part of global batches `first_batch`, `first_batch + 1`, ... of `epoch`.
 
-        `max_batches` caps the epoch (Pipe mode: floor(num_training_samples / mini_batch_size)).
+        A sequence (File mode) is ordered by `DataOrder`; `max_batches` defaults to floor(N / batch size) and
+        may be more (an epoch longer than the data continues with the next permutation). A stream (Pipe mode)
+        is taken in its own order, until it ends or `max_batches`.
         """
-        ordered = self._ordered(samples, epoch) if shuffle and isinstance(samples, Sequence) else samples
-        jobs = self._jobs(ordered, epoch)
-        if max_batches is not None:
-            jobs = (job for _, job in zip(range(max_batches), jobs))
+        if isinstance(samples, Sequence):
+            count = self.batches_per_epoch(len(samples)) if max_batches is None else max_batches
+            jobs = self._file_jobs(samples, epoch, first_batch, count)
+        else:
+            jobs = self._stream_jobs(samples, epoch, first_batch, max_batches)
         return self.pool.map_ordered(_load_training_batch, jobs, self.prefetch_batches)
 
-    def _ordered(self, samples: Sequence[SampleRef], epoch: int) -> List[SampleRef]:
-        order = np.random.default_rng([self.seed, epoch, _SHUFFLE_STREAM]).permutation(len(samples))
-        return [samples[i] for i in order]
+    def _file_jobs(self, samples: Sequence[SampleRef], epoch: int, first: int, count: int) -> Iterator:
+        if not samples:
+            return
+        for batch in range(first, first + count):
+            local = self.order.local_batch(epoch, batch)
+            chosen = tuple(samples[i] for i in self.order.sample_indices(len(samples), local))
+            yield self._job(chosen, local)
 
-    def _jobs(self, samples: Iterable[SampleRef], epoch: int) -> Iterator[_BatchJob]:
-        position = 0
-        for chunk in _chunks(samples, self.batch_size, self.drop_last):
-            seeds = tuple((self.seed, epoch, _SAMPLE_STREAM, position + i) for i in range(len(chunk)))
-            position += len(chunk)
-            yield _BatchJob(tuple(chunk), seeds, self.transform, self.label_map)
+    def _stream_jobs(self, stream: Iterable[EncodedSample], epoch: int, first: int, count: Optional[int]):
+        for local, chosen in self.order.split_stream(stream, epoch, first, count):
+            yield self._job(tuple(chosen), local)
+
+    def _job(self, samples: Tuple[SampleRef, ...], local: LocalBatch) -> _BatchJob:
+        return _BatchJob(samples, self.order.augmentation_seeds(local), self.transform, self.label_map)
 
 
 def iter_validation_samples(
@@ -261,5 +248,5 @@ def iter_validation_samples(
     Each batch is (list of HxWx3 uint8 RGB images, list of HxW uint8 masks, 255 = ignore); the last batch
     may be smaller. The images are not normalised: inference does that for its own working size.
     """
-    jobs = (_DecodeJob(tuple(chunk), label_map) for chunk in _chunks(samples, batch_size, drop_last=False))
+    jobs = (_DecodeJob(tuple(chunk), label_map) for chunk in chunks(samples, batch_size))
     return pool.map_ordered(_decode_chunk, jobs, prefetch_batches or 2 * max(1, pool.num_workers))

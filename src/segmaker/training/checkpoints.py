@@ -53,6 +53,7 @@ class TrainingState:
     history: Tuple[dict, ...]
     hyperparameters: dict
     partial_epoch: EpochStats = EpochStats()
+    data_seed: Optional[int] = None  # the run's data order and augmentation seed (drawn when `seed` is unset)
 
     def to_json_dict(self) -> dict:
         return {
@@ -61,6 +62,7 @@ class TrainingState:
             "history": list(self.history),
             "hyperparameters": self.hyperparameters,
             "partial_epoch": asdict(self.partial_epoch),
+            "data_seed": self.data_seed,
         }
 
     @classmethod
@@ -71,6 +73,7 @@ class TrainingState:
             history=tuple(raw["history"]),
             hyperparameters=raw["hyperparameters"],
             partial_epoch=EpochStats(**raw["partial_epoch"]),
+            data_seed=raw.get("data_seed"),
         )
 
 

@@ -1,12 +1,15 @@
 """The data side of training: which samples (File mode lists or Pipe-mode streams), which label maps,
 and the loader that turns them into batches.
 
-File mode: the samples are listed once; each epoch shuffles them. Pipe mode: each pass over a channel
-reads the next FIFO SageMaker opens (`train_0`, `train_1`, ... counted within this process, because a
-restarted job gets its FIFOs numbered from 0 again), and an epoch is `num_training_samples` long.
+File mode: the samples are listed once, whole on every host; `data.order.DataOrder` decides which of them
+form each global batch of each epoch and which slice of it this host trains on. Pipe mode: each pass over
+a channel reads the next FIFO SageMaker opens (`train_0`, `train_1`, ... counted within this process,
+because a restarted job gets its FIFOs numbered from 0 again), an epoch is `num_training_samples` long,
+and the global batches are consecutive pairs of the stream.
 """
 
 import logging
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
@@ -25,9 +28,9 @@ from segmaker.data import (
     label_map_file,
     load_label_map,
     resolve_worker_count,
-    shard,
 )
 from segmaker.data.loader import Batch, ValidationBatch
+from segmaker.data.order import DataOrder
 from segmaker.data.pipe import PipeChannel
 from segmaker.environment import Paths
 from segmaker.errors import UserError
@@ -71,26 +74,29 @@ class TrainingData:
         return f"training samples streamed from Pipe-mode channel {self.train.pipe.channel!r}"
 
 
-def find_training_data(job: TrainingJob, rank: int = 0, world_size: int = 1) -> TrainingData:
-    """The train (sharded by host) and validation splits of the job's channels, in File or Pipe mode."""
+def find_training_data(job: TrainingJob, data_seed: int) -> TrainingData:
+    """The train and validation splits of the job's channels, in File or Pipe mode.
+
+    Every host gets the whole train split: each takes its slice of every global batch (see DataFeed).
+    `data_seed` seeds the Pipe-mode shuffle buffer, so every host shuffles a stream alike.
+    """
     num_classes = job.config.num_classes
     label_dir = label_map_dir(job.paths)
     validation = None
     if _is_pipe(job.channels, "validation") or has_split(job.paths, "validation"):
-        validation = _split(job, "validation", 0, 1)
+        validation = _split(job, "validation", data_seed)
     return TrainingData(
-        train=_split(job, "train", rank, world_size),
+        train=_split(job, "train", data_seed),
         validation=validation,
         train_label_map=load_label_map(label_map_file(label_dir, "train"), num_classes),
         validation_label_map=load_label_map(label_map_file(label_dir, "validation"), num_classes),
     )
 
 
-def _split(job: TrainingJob, name: str, rank: int, world_size: int) -> Split:
+def _split(job: TrainingJob, name: str, data_seed: int) -> Split:
     if _is_pipe(job.channels, name):
-        channel = PipeChannel(job.paths, name, rank, world_size, _shuffle_buffer(name), job.config.seed)
-        return Split(pipe=channel)
-    return Split(files=shard(find_file_samples(job.paths, name), rank, world_size))
+        return Split(pipe=PipeChannel(job.paths, name, 0, 1, _shuffle_buffer(name), data_seed))
+    return Split(files=find_file_samples(job.paths, name))
 
 
 def _is_pipe(channels: Dict[str, object], name: str) -> bool:
@@ -140,9 +146,16 @@ class DataFeed:
     (`examples`) for the prediction plot, so plotting never reads a channel (or a FIFO) again.
     """
 
-    def __init__(self, config: TrainingConfig, data: TrainingData, keep_examples: int = 0):
+    def __init__(
+        self,
+        config: TrainingConfig,
+        data: TrainingData,
+        order: DataOrder,
+        keep_examples: int = 0,
+    ):
         self.config = config
         self.data = data
+        self.order = order
         self.keep_examples = keep_examples
         self.examples: Tuple[List[np.ndarray], List[np.ndarray]] = ([], [])
         self._pipe_passes = {"train": 0, "validation": 0}
@@ -150,9 +163,11 @@ class DataFeed:
         self.loader = BatchLoader(
             train_transform(config.base_size, config.crop_size),
             data.train_label_map,
-            config.mini_batch_size,
+            order.batch_size,
             pool=self.pool,
-            seed=config.seed,
+            seed=order.seed,
+            rank=order.rank,
+            world_size=order.world_size,
         )
 
     def __enter__(self) -> "DataFeed":
@@ -165,25 +180,21 @@ class DataFeed:
         self.loader.close()
         self.pool.close()
 
-    def train_batches(self, epoch: int, count: int) -> Iterator[Batch]:
-        """Up to `count` batches for `epoch` (fewer only if a Pipe-mode stream ends early).
+    def train_batches(self, epoch: int, first: int, count: int) -> Iterator[Batch]:
+        """This host's part of global batches first .. first+count-1 of `epoch` (fewer only if a Pipe-mode
+        stream ends early).
 
         Only what is needed is submitted to the workers: abandoning prefetched batches would make the
         pool restart its processes, which costs seconds before validation can decode anything.
+        In Pipe mode the stream cannot be replayed: a resumed epoch numbers its batches from `first` (for
+        the augmentation seeds) but takes them from the start of the new stream.
         """
         split = self.data.train
-        if split.pipe is not None:
-            stream = split.pipe.epoch(self._next_pipe_pass("train"))
-            yield from self.loader.epoch(stream, epoch, shuffle=False, max_batches=count)
+        if split.pipe is None:
+            yield from self.loader.epoch(split.files, epoch, first_batch=first, max_batches=count)
             return
-        per_pass = self.loader.batches_per_epoch(len(split.files))
-        repeat = 0
-        while count > 0:
-            wanted = min(count, per_pass)
-            # Distinct (epoch, repeat) pairs keep each pass's shuffle and augmentation different.
-            yield from self.loader.epoch(split.files, epoch * 1000 + repeat, max_batches=wanted)
-            count -= wanted
-            repeat += 1
+        with closing(split.pipe.epoch(self._next_pipe_pass("train"))) as stream:
+            yield from self.loader.epoch(stream, epoch, first_batch=first, max_batches=count)
 
     def validation_batches(self) -> Iterator[ValidationBatch]:
         """One pass over the validation split at each image's own resolution."""

@@ -21,8 +21,9 @@ import numpy as np
 from gluoncv.loss import MixSoftmaxCrossEntropyLoss
 
 from segmaker import metrics, outputs
+from segmaker.data.order import DataOrder, draw_seed
 from segmaker.outputs import EpochRecord
-from segmaker.training.checkpoints import CheckpointStore, TrainingState
+from segmaker.training.checkpoints import Checkpoint, CheckpointStore, TrainingState
 from segmaker.training.devices import (
     WorkerRole,
     check_precision,
@@ -53,20 +54,33 @@ def train(job: TrainingJob, stop_requested: threading.Event) -> TrainingResult:
     gpus = visible_gpu_count() if job.num_gpus is None else job.num_gpus
     contexts = training_contexts(gpus, job.cpu_devices)
     check_precision(config.precision_dtype, contexts)
-    _seed(config.seed)
-    data = find_training_data(job, role.rank, role.world_size)
+    store = CheckpointStore(job.checkpoint_dir, config.to_json_dict()) if job.checkpoint_dir else None
+    checkpoint = store.latest() if store else None
+    order = DataOrder(data_seed(config.seed, checkpoint), config.mini_batch_size, role.rank, role.world_size)
+    _seed(order.seed)
+    data = find_training_data(job, order.seed)
     per_epoch = iterations_per_epoch(config.num_training_samples, data.train.size, config.mini_batch_size)
     _log_plan(config, contexts, data, per_epoch)
     net = build_training_network(job, contexts)
-    with DataFeed(config, data, keep_examples=PLOTTED_EXAMPLES) as feed:
+    with DataFeed(config, data, order, keep_examples=PLOTTED_EXAMPLES) as feed:
         with tempfile.TemporaryDirectory(prefix="segmaker-") as scratch:
-            run = _Run(job, role, contexts, net, feed, per_epoch, Path(scratch))
-            return run.run(stop_requested)
+            run = _Run(job, role, contexts, net, feed, per_epoch, Path(scratch), store)
+            return run.run(stop_requested, checkpoint)
 
 
-def _seed(seed: Optional[int]) -> None:
-    if seed is None:
-        return
+def data_seed(configured: Optional[int], checkpoint: Optional[Checkpoint]) -> int:
+    """The seed of data order and augmentation: the `seed` hyperparameter, else the one the checkpoint
+    being resumed used, else a fresh one (logged, so a run can be repeated with `seed` set to it)."""
+    if configured is not None:
+        return configured
+    if checkpoint is not None and checkpoint.state.data_seed is not None:
+        return checkpoint.state.data_seed
+    seed = draw_seed()
+    log.info("No seed hyperparameter: data seed %d drawn for this run (set seed=%d to repeat it)", seed, seed)
+    return seed
+
+
+def _seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     mx.random.seed(seed)
@@ -94,7 +108,15 @@ class _Run:
     """One training run; `run()` drives the epochs."""
 
     def __init__(
-        self, job: TrainingJob, role: WorkerRole, contexts, net, feed: DataFeed, per_epoch: int, scratch: Path
+        self,
+        job: TrainingJob,
+        role: WorkerRole,
+        contexts,
+        net,
+        feed: DataFeed,
+        per_epoch: int,
+        scratch: Path,
+        store: Optional[CheckpointStore],
     ):
         config = job.config
         self.job, self.config, self.role, self.contexts = job, config, role, contexts
@@ -106,10 +128,10 @@ class _Run:
         self.validator = Validator(config, contexts) if feed.data.has_validation else None
         self.best_params = scratch / "best.params"
         self.hyperparameters = config.to_json_dict()
-        self.store = CheckpointStore(job.checkpoint_dir, self.hyperparameters) if job.checkpoint_dir else None
+        self.store = store
 
-    def run(self, stop_requested: threading.Event) -> TrainingResult:
-        state = self._resume()
+    def run(self, stop_requested: threading.Event, checkpoint: Optional[Checkpoint]) -> TrainingResult:
+        state = self._resume(checkpoint)
         while len(state.history) < self.config.epochs and not state.early_stopping.should_stop(self.rule):
             epoch = len(state.history)
             state = self._train_rest_of_epoch(epoch, state, stop_requested)
@@ -125,9 +147,9 @@ class _Run:
 
     # -- resume and checkpoints -------------------------------------------------------------------------
 
-    def _resume(self) -> TrainingState:
-        fresh = TrainingState(0, EarlyStoppingState(), (), self.hyperparameters)
-        checkpoint = self.store.latest() if self.store else None
+    def _resume(self, checkpoint: Optional[Checkpoint]) -> TrainingState:
+        seed = self.feed.order.seed
+        fresh = TrainingState(0, EarlyStoppingState(), (), self.hyperparameters, data_seed=seed)
         if checkpoint is None:
             return fresh
         self.net.load_parameters(str(checkpoint.params_file), ctx=self.contexts, cast_dtype=True)
@@ -157,7 +179,8 @@ class _Run:
         if remaining <= 0 or stop.is_set():
             return state
         plan = EpochPlan(epoch, state.completed_iterations, remaining, self.per_epoch)
-        with closing(self.feed.train_batches(epoch, remaining)) as batches:
+        first = state.completed_iterations - epoch * self.per_epoch
+        with closing(self.feed.train_batches(epoch, first, remaining)) as batches:
             stats = train_one_epoch(
                 self.net,
                 self.trainer,

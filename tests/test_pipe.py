@@ -3,6 +3,8 @@
 import os
 import random
 import struct
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -164,3 +166,113 @@ def test_stopping_early_unblocks_the_writer_with_a_broken_pipe(paths):
     writer.join(10)
     assert not writer.is_alive(), "the writer is still blocked on the FIFO"
     assert len(errors) == 1 and isinstance(errors[0], BrokenPipeError)
+
+
+# --- the background reading thread ----------------------------------------------------------------------
+def _pipe_threads() -> List[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("segmaker-pipe-")]
+
+
+@pytest.fixture(autouse=True)
+def no_reading_thread_outlives_its_test():
+    yield
+    deadline = time.monotonic() + 5
+    while _pipe_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _pipe_threads() == [], "a Pipe-mode reading thread was leaked"
+
+
+def test_the_fifo_is_read_ahead_while_the_consumer_is_busy(paths):
+    """Reading overlaps the consumer: with ~2 MB of pairs (more than the pipe plus one read chunk hold), the
+    writer finishes while the consumer still holds the first sample; a foreground reader would block it."""
+    path = paths.pipe_path("train", 0)
+    os.mkfifo(path)
+    pair = encode_part(0, b"i" * 100_000) + encode_part(0, b"m" * 100)
+    errors: List[BaseException] = []
+    writer = _feed_in_background(path, [pair] * 20, errors)
+    samples = pipe_samples(paths, "train", 0)
+    next(samples)
+    writer.join(10)
+    assert not writer.is_alive() and errors == []
+    assert len(list(samples)) == 19
+
+
+def test_stopping_while_the_writer_is_silent_unblocks_the_thread(paths):
+    """The writer keeps the FIFO open but sends nothing more: closing the iterator must not leave the thread
+    blocked in a read (the autouse fixture checks it is gone), and the writer's next write gets EPIPE."""
+    path = paths.pipe_path("train", 0)
+    os.mkfifo(path)
+    go_on = threading.Event()
+    errors: List[BaseException] = []
+
+    def silent_writer():
+        try:
+            with open(path, "wb", buffering=0) as fifo:
+                fifo.write(stream_of_pairs(1))
+                go_on.wait(10)
+                fifo.write(stream_of_pairs(1))
+        except BaseException as exc:
+            errors.append(exc)
+
+    writer = threading.Thread(target=silent_writer, daemon=True)
+    writer.start()
+    samples = pipe_samples(paths, "train", 0)
+    assert next(samples).image == b"img0"
+    started = time.monotonic()
+    samples.close()
+    assert time.monotonic() - started < 2
+    assert _pipe_threads() == []
+    go_on.set()
+    writer.join(5)
+    assert len(errors) == 1 and isinstance(errors[0], BrokenPipeError)
+
+
+def test_stopping_while_the_queue_is_full_ends_the_thread(paths):
+    path = paths.pipe_path("train", 0)
+    os.mkfifo(path)
+    errors: List[BaseException] = []
+    pair = encode_part(0, b"i" * 50_000) + encode_part(0, b"m" * 100)
+    writer = _feed_in_background(path, [pair] * 200, errors)  # 10 MB: the writer cannot finish on its own
+    samples = PipeChannel(paths, "train", queue_samples=2).epoch(0)
+    next(samples)
+    time.sleep(0.2)  # the thread fills the queue and waits to put the next pair
+    samples.close()
+    assert _pipe_threads() == []
+    writer.join(5)
+    assert not writer.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], BrokenPipeError)
+
+
+def test_a_writer_killed_mid_record_fails_the_consumer_with_record_and_offset(paths, capfd):
+    """The error happens in the reading thread; it must reach the consumer (after the complete pairs),
+    naming the record and byte offset, and nothing may be printed by the thread."""
+    path = paths.pipe_path("train", 0)
+    os.mkfifo(path)
+    data = stream_of_pairs(2) + encode_part(0, b"an image cut short")[:15]
+    script = (
+        "import sys, time\n"
+        "with open(sys.argv[1], 'wb', buffering=0) as fifo:\n"
+        "    fifo.write(bytes.fromhex(sys.argv[2]))\n"
+        "    time.sleep(60)\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", script, str(path), data.hex()])
+    try:
+        samples = pipe_samples(paths, "train", 0)
+        assert [next(samples).image, next(samples).image] == [b"img0", b"img1"]
+        writer.kill()
+        with pytest.raises(DataError, match=r"train_0: record 4 at byte offset 56: the stream ends inside the"
+                                            r" payload \(7 of 18 bytes\)"):
+            next(samples)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert capfd.readouterr().err == ""
+
+
+def test_closing_before_the_first_sample_and_after_the_end_is_harmless(paths):
+    write_epoch_file(paths, "train", 0, stream_of_pairs(3))
+    samples = pipe_samples(paths, "train", 0)
+    samples.close()  # never started: nothing was opened
+    finished = pipe_samples(paths, "train", 0)
+    assert len(list(finished)) == 3
+    finished.close()

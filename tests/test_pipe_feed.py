@@ -14,7 +14,7 @@ from typing import List
 import pytest
 
 from segmaker.data import pipe_feed
-from segmaker.data.pipe import pipe_samples
+from segmaker.data.pipe import PipeChannel, pipe_samples
 from segmaker.data.pipe_feed import (
     Fetcher,
     ManifestLine,
@@ -151,16 +151,18 @@ def test_feed_writes_each_epoch_into_its_fifo_and_the_reader_gets_every_pair(tmp
 
 
 def test_next_fifo_appears_only_after_the_previous_one_was_written_to_the_end(tmp_path):
-    make_folders(tmp_path / "data", 3, image_size=300_000)  # far more than a pipe buffers
+    # 8 x 300 kB: far more than a pipe buffers plus what the reading thread holds (one queued sample, one
+    # waiting to be queued, a read buffer).
+    make_folders(tmp_path / "data", 8, image_size=300_000)
     manifest = make_manifest(tmp_path / "data")
     paths = Paths(tmp_path / "ml")
     feeder = Feeder(["--manifest", str(manifest), "--base-dir", str(paths.base), "--epochs", "2"])
-    samples = pipe_samples(paths, "train", 0, wait_seconds=20)
+    samples = PipeChannel(paths, "train", wait_seconds=20, queue_samples=1).epoch(0)
     next(samples)
     time.sleep(0.3)
     assert not paths.pipe_path("train", 1).exists()
-    assert len(list(samples)) == 2
-    assert len(list(pipe_samples(paths, "train", 1, wait_seconds=20))) == 3
+    assert len(list(samples)) == 7
+    assert len(list(pipe_samples(paths, "train", 1, wait_seconds=20))) == 8
     feeder.join()
 
 

@@ -4,17 +4,30 @@ With an augmented manifest and `AttributeNames` [source-ref, <label>-ref], SageM
 line, the image's bytes as one record and the mask's bytes as the next, into `<channel>_<epoch>`. The FIFO
 for epoch e+1 may appear only once epoch e's stream was read to its end, so it is waited for (bounded).
 
-Stopping early is safe: leaving the iteration (or closing the generator) closes our read end. The writer's
-next write then fails with EPIPE and it stops writing that epoch; nothing stays blocked. (Our emulator,
-`pipe_feed`, takes that as the end of the epoch and goes on with the next FIFO.) The opposite is what hurts
-on SageMaker: a FIFO nobody opens makes the job fail with "SageMaker pipe channel timed out".
+The FIFO is read and parsed on a background thread into a bounded queue, so reading overlaps what the
+consumer does with the samples (handing them to the data workers, training). The thread ends with the
+stream, and its errors (a framing error naming the record and byte offset, an I/O error) are raised in the
+consumer at the point of the stream where they happened, after the samples before them.
+
+Stopping early is safe: leaving the iteration (or closing the generator) wakes the reading thread wherever
+it waits (on the FIFO, through a wake-up pipe it polls beside it; on the full queue, by a timed put), the
+thread closes our read end and is joined. The writer's next write then fails with EPIPE and it stops writing
+that epoch; nothing stays blocked. (Our emulator, `pipe_feed`, takes that as the end of the epoch and goes
+on with the next FIFO.) The opposite is what hurts on SageMaker: a FIFO nobody opens makes the job fail with
+"SageMaker pipe channel timed out".
 
 A Pipe-mode stream has no length known in advance: the training loop needs `num_training_samples` to know
 how many iterations an epoch has.
 """
 
+import io
+import logging
+import os
+import queue
 import random
+import select
 import stat
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +38,12 @@ from segmaker.data.samples import EncodedSample
 from segmaker.environment import Paths
 from segmaker.errors import DataError, UserError
 
+LOG = logging.getLogger(__name__)
+
 DEFAULT_WAIT_SECONDS = 300.0
+DEFAULT_QUEUE_SAMPLES = 32  # parsed pairs the reading thread may hold ahead of the consumer
 _POLL_SECONDS = 0.05
+_JOIN_SECONDS = 10.0
 Item = TypeVar("Item")
 
 
@@ -47,12 +64,15 @@ class PipeChannel:
     seed: Optional[int] = None
     wait_seconds: float = DEFAULT_WAIT_SECONDS
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    queue_samples: int = DEFAULT_QUEUE_SAMPLES
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is not in [0, world_size={self.world_size})")
         if self.shuffle_buffer < 0:
             raise ValueError(f"shuffle_buffer must be >= 0, not {self.shuffle_buffer}")
+        if self.queue_samples < 1:
+            raise ValueError(f"queue_samples must be >= 1, not {self.queue_samples}")
 
     def fifo_path(self, epoch: int) -> Path:
         return self.paths.pipe_path(self.channel, epoch)
@@ -61,14 +81,19 @@ class PipeChannel:
         """This host's samples of `epoch`, read from `<channel>_<epoch>` as they arrive."""
         path = self.fifo_path(epoch)
         wait_for_fifo(path, self.channel, epoch, self.wait_seconds)
-        # Unbuffered: read_records does its own large-chunk buffering over the raw FIFO.
-        with open(path, "rb", buffering=0) as stream:
-            records = read_records(stream, source=str(path), chunk_size=self.chunk_size)
-            try:
-                mine = take_shard(pair_records(records, path.name), self.rank, self.world_size)
-                yield from shuffle_buffered(mine, self.shuffle_buffer, self._rng(epoch))
-            finally:
-                records.close()  # before the FIFO closes, so the reader lets go of it in order
+        # The open blocks until SageMaker's writer is there, as reading it in the foreground would.
+        reader = BackgroundReader(path, self._read_pairs, self.queue_samples)
+        try:
+            yield from shuffle_buffered(reader, self.shuffle_buffer, self._rng(epoch))
+        finally:
+            reader.close()
+
+    def _read_pairs(self, stream: io.RawIOBase, path: Path) -> Iterator[EncodedSample]:
+        records = read_records(stream, source=str(path), chunk_size=self.chunk_size)
+        try:
+            yield from take_shard(pair_records(records, path.name), self.rank, self.world_size)
+        finally:
+            records.close()  # before the FIFO closes, so the reader lets go of it in order
 
     def _rng(self, epoch: int) -> random.Random:
         if self.seed is None:
@@ -107,6 +132,127 @@ def wait_for_fifo(path: Path, channel: str, epoch: int, wait_seconds: float) -> 
         raise UserError(
             f"Pipe mode: {path} is neither a FIFO nor a file; is channel {channel!r} in File mode?"
         )
+
+
+class _Stopped(Exception):
+    """Raised inside the reading thread when the consumer closed the reader."""
+
+
+class _Failure:
+    """An exception of the reading thread, queued for the consumer to raise."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+_END = object()  # queued after the stream's last sample
+
+
+class WakeableFile(io.RawIOBase):
+    """A raw, blocking file descriptor whose reads can be abandoned from another thread.
+
+    Each read first polls the descriptor together with the read end of a wake-up pipe; `wake()` writes
+    to that pipe, and the waiting (or next) read raises _Stopped instead of blocking on a FIFO whose
+    writer is alive but silent. Closing the descriptor from the other thread instead would race with a
+    read in progress (and could hit a reused descriptor number).
+    """
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self._fd = os.open(str(path), os.O_RDONLY)
+        self._wake_read, self._wake_write = os.pipe()
+        self._poll = select.poll()
+        self._poll.register(self._fd, select.POLLIN | select.POLLPRI)
+        self._poll.register(self._wake_read, select.POLLIN)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        events = dict(self._poll.poll())
+        if self._wake_read in events:
+            raise _Stopped()
+        return os.readv(self._fd, [buffer])
+
+    def wake(self) -> None:
+        """Make the reading thread's current or next read raise _Stopped (callable from any thread)."""
+        try:
+            os.write(self._wake_write, b"x")
+        except OSError:
+            pass  # already closed: the reader is gone
+
+    def close(self) -> None:
+        if not self.closed:
+            for fd in (self._fd, self._wake_read, self._wake_write):
+                os.close(fd)
+        super().close()
+
+
+class BackgroundReader:
+    """Iterate `parse(stream, path)` over the opened FIFO on a daemon thread, through a bounded queue.
+
+    Iterating the reader yields the parsed items in order, then raises the thread's exception if it
+    failed. `close()` (also after a partial iteration) stops the thread wherever it waits, closes the
+    FIFO (the writer gets EPIPE) and joins the thread.
+    """
+
+    def __init__(self, path: Path, parse, max_queued: int):
+        self._stream = WakeableFile(path)
+        self._queue: queue.Queue[object] = queue.Queue(max_queued)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(parse, path), name=f"segmaker-pipe-{path.name}", daemon=True
+        )
+        self._thread.start()
+
+    def __iter__(self) -> Iterator[EncodedSample]:
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+
+    def _run(self, parse, path: Path) -> None:
+        try:
+            for item in parse(self._stream, path):
+                if not self._put(item):
+                    return
+            self._put(_END)
+        except _Stopped:
+            pass
+        except BaseException as exc:  # handed to the consumer; nothing is printed by the thread
+            self._put(_Failure(exc))
+        finally:
+            self._stream.close()
+
+    def _put(self, item: object) -> bool:
+        """Queue `item` unless the consumer stopped meanwhile (a full queue is waited on in slices)."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def close(self) -> None:
+        self._stop.set()
+        self._stream.wake()
+        _drain(self._queue)  # frees a put in progress at once
+        self._thread.join(_JOIN_SECONDS)
+        if self._thread.is_alive():
+            LOG.warning("the Pipe-mode reading thread %s did not stop within %g s",
+                        self._thread.name, _JOIN_SECONDS)
+
+
+def _drain(items: "queue.Queue[object]") -> None:
+    try:
+        while True:
+            items.get_nowait()
+    except queue.Empty:
+        pass
 
 
 def pair_records(records: Iterable[Record], stream_name: str) -> Iterator[EncodedSample]:

@@ -53,7 +53,7 @@ def test_ping_is_503_before_warm_up():
 
 def test_execution_parameters(client):
     assert client.get("/execution-parameters").get_json() == {
-        "MaxConcurrentTransforms": 3, "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 0}
+        "MaxConcurrentTransforms": 3, "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 0.5}
 
 
 @pytest.mark.parametrize("height, width", [(1, 1), (17, 5), (32, 32), (50, 120), (120, 7), (300, 200)])

@@ -101,3 +101,8 @@ def test_serving_settings_from_environment(tmp_path):
 def test_bad_serving_setting_names_the_variable():
     with pytest.raises(UserError, match="SAGEMAKER_MODEL_SERVER_TIMEOUT"):
         env.read_serving_settings({"SAGEMAKER_MODEL_SERVER_TIMEOUT": "soon"})
+
+
+def test_payload_limit_defaults_to_the_builtins_10_mb():
+    assert env.read_serving_settings({}).max_payload_mb == 10
+    assert env.read_serving_settings({}).max_payload_bytes == 10 * 1024 * 1024

@@ -121,6 +121,39 @@ def test_errors_are_json_with_status(server, content_type, accept, body, status)
     assert response.status_code == status and response.json()["error"]
 
 
+def _same_connection(server, requests_to_send):
+    """Send each (method, path, body, headers) on ONE kept-alive http.client connection: (status, body)s."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    answers = []
+    try:
+        for method, path, body, headers in requests_to_send:
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            answers.append((response.status, response.read()))
+    finally:
+        connection.close()
+    return answers
+
+
+GOOD = ("POST", "/invocations", image_bytes(20, 30), {"Content-Type": "image/jpeg"})
+
+
+@pytest.mark.parametrize("refused, status", [
+    (("POST", "/invocations", b"x" * 70_000, {"Content-Type": "text/plain"}), 415),
+    (("POST", "/invocations", b"x" * 70_000, {"Content-Type": "image/png", "Accept": "text/html"}), 406),
+    (("POST", "/nowhere", b"x" * 70_000, {"Content-Type": "image/png"}), 404),
+    (("POST", "/invocations", b"\0" * (1024 * 1024 + 1), {"Content-Type": "image/png"}), 413),
+])
+def test_a_refused_request_does_not_break_the_next_one_on_its_connection(server, refused, status):
+    """gunicorn discards at most 64 KB of a body the app left unread and then closes the connection
+    without telling the client, whose next request on it then fails: the app reads refused bodies (up to
+    the payload limit), and a body over the limit is answered with Connection: close."""
+    answers = _same_connection(server, [refused, GOOD, GOOD])
+    assert [code for code, _ in answers] == [status, 200, 200], answers[0]
+
+
 def test_four_concurrent_clients(server):
     sizes = [(40 + 7 * i, 60 + 5 * i) for i in range(16)]
 

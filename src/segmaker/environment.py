@@ -205,7 +205,7 @@ class ServingSettings:
     port: int = 8080
     workers: Optional[int] = None
     timeout_seconds: int = 60
-    max_payload_mb: float = 6.0
+    max_payload_mb: float = 10.0  # the built-in's batch transform limit (sagemaker-python-sdk#1284)
     model_dir: Path = Path(DEFAULT_BASE_DIR) / "model"
     # Our additions: the largest image (in pixels) /invocations decodes, checked from the image header, and
     # the inference engine ("mxnet", "onnx", or None: ONNX Runtime on CPU when model.onnx exists, else MXNet).
@@ -228,7 +228,7 @@ def read_serving_settings(environ: Optional[Mapping[str, str]] = None) -> Servin
         port=_positive_int(env, "SAGEMAKER_BIND_TO_PORT", 8080),
         workers=_positive_int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", 1) if workers else None,
         timeout_seconds=_positive_int(env, "SAGEMAKER_MODEL_SERVER_TIMEOUT", 60),
-        max_payload_mb=_positive_float(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6.0),
+        max_payload_mb=_positive_float(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", ServingSettings.max_payload_mb),
         model_dir=Path(env.get("SEGMAKER_MODEL_DIR") or paths.model_dir),
         max_pixels=_positive_int(env, "SEGMAKER_MAX_PIXELS", 40_000_000),
         engine=_serving_engine(env),
@@ -265,10 +265,10 @@ def _positive_float(env: Mapping[str, str], key: str, default: float) -> float:
     return value
 
 
-def visible_gpu_count(environ: Optional[Mapping[str, str]] = None, dev_dir: Path = Path("/dev")) -> int:
-    """How many GPUs this process may use, found WITHOUT initialising CUDA (the model server must not
-    touch CUDA before it forks): `CUDA_VISIBLE_DEVICES` when set, else the /dev/nvidiaN device files
-    (what `docker run --gpus` exposes)."""
+def visible_gpu_devices(environ: Optional[Mapping[str, str]] = None, dev_dir: Path = Path("/dev")) -> int:
+    """How many GPU devices are visible, found WITHOUT initialising CUDA: `CUDA_VISIBLE_DEVICES` when set,
+    else the /dev/nvidiaN device files (what `docker run --gpus` exposes). Only a hint: whether MXNet can
+    use them is `gpus.mxnet_gpu_count`'s answer (the CPU image on a GPU host sees devices it cannot use)."""
     env = os.environ if environ is None else environ
     visible = env.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:

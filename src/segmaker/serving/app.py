@@ -42,6 +42,10 @@ def create_app(predictor: "Predictor", settings: Optional[ServingSettings] = Non
         response.status_code = error.code or 500
         return response
 
+    @app.after_request
+    def keep_connection_usable(response: Response) -> Response:
+        return _finish_reading_body(request, response, settings.max_payload_bytes)
+
     @app.route("/ping", methods=["GET"])
     def ping() -> Response:
         if not predictor.ready:
@@ -51,7 +55,7 @@ def create_app(predictor: "Predictor", settings: Optional[ServingSettings] = Non
     @app.route("/execution-parameters", methods=["GET"])
     def execution_parameters() -> Response:
         return jsonify(MaxConcurrentTransforms=workers, BatchStrategy="SINGLE_RECORD",
-                       MaxPayloadInMB=int(settings.max_payload_mb))
+                       MaxPayloadInMB=_whole_if_whole(settings.max_payload_mb))
 
     @app.route("/invocations", methods=["POST"])
     def invocations() -> Response:
@@ -68,6 +72,36 @@ def create_app(predictor: "Predictor", settings: Optional[ServingSettings] = Non
     return app
 
 
+_DRAIN_CHUNK = 64 * 1024
+
+
+def _finish_reading_body(req: Request, response: Response, limit: int) -> Response:
+    """Read (and drop) what the app left of the request body, so the kept-alive connection stays usable.
+
+    A refusal (415, 406, 404, ...) is answered before the body is read. gunicorn then discards at most
+    64 KB of it (gunicorn/http/parser.py, `Parser.finish_body`) and, with more left, closes the connection
+    after an answer that promised keep-alive: the client's next request on it fails ("Remote end closed
+    connection without response"). Reading the rest costs no more than a good request (the payload limit
+    bounds it); a body over the limit is not read but answered with `Connection: close` (the Werkzeug server
+    honours it; gunicorn drops that header, so `server.close_oversized_requests` tells it from the headers).
+    """
+    declared = req.content_length
+    if declared is not None and declared > limit:
+        response.headers["Connection"] = "close"
+        return response
+    budget = limit + 1
+    try:
+        while budget > 0:
+            chunk = req.stream.read(min(_DRAIN_CHUNK, budget))
+            if not chunk:
+                return response
+            budget -= len(chunk)
+    except OSError:  # the client went away or sent a broken chunked body: nothing left to keep
+        pass
+    response.headers["Connection"] = "close"
+    return response
+
+
 def read_body(req: Request, limit: int) -> bytes:
     """The request body, refused with 413 past `limit` bytes without reading more than limit + 1."""
     declared = req.content_length
@@ -82,6 +116,11 @@ def read_body(req: Request, limit: int) -> bytes:
         raise PayloadTooLarge(f"the request body is more than the limit of {limit} bytes "
                               "(SAGEMAKER_MAX_PAYLOAD_IN_MB)")
     return body
+
+
+def _whole_if_whole(value: float):
+    """2.0 -> 2 (what SageMaker expects), 0.5 stays 0.5: truncating a fraction would report another limit."""
+    return int(value) if float(value).is_integer() else value
 
 
 def _check_probability_size(pixels: int, num_classes: int) -> None:

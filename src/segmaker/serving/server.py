@@ -1,6 +1,7 @@
 """`segmaker serve`: gunicorn (through its Python API) running the Flask app, one model per worker.
 
-- Bind 0.0.0.0:$SAGEMAKER_BIND_TO_PORT (8080). Workers: $SAGEMAKER_MODEL_SERVER_WORKERS, else one per GPU,
+- Bind 0.0.0.0:$SAGEMAKER_BIND_TO_PORT (8080). Workers: $SAGEMAKER_MODEL_SERVER_WORKERS, else one per GPU
+  (MXNet's count, `gpus.gpu_count_before_fork`: the CPU image on a GPU host serves on the CPU),
   else cpu_count // THREADS_PER_MODEL (at least 1); each CPU worker's MXNet (OMP_NUM_THREADS) and ONNX
   Runtime use cpu_count // workers intra-op threads, so workers do not fight over cores.
 - The master never imports MXNet (it does not survive a fork): each worker loads and warms up the model
@@ -21,8 +22,9 @@ from typing import Optional
 
 from gunicorn.app.base import BaseApplication
 
-from segmaker.environment import ServingSettings, read_serving_settings, visible_gpu_count
+from segmaker.environment import ServingSettings, read_serving_settings, visible_gpu_devices
 from segmaker.errors import UserError
+from segmaker.gpus import gpu_count_before_fork
 
 LOG = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ class ModelServer(BaseApplication):
             "graceful_timeout": self.settings.timeout_seconds,
             "keepalive": KEEPALIVE_SECONDS,
             "post_fork": self._remember_worker,
+            "pre_request": self._close_oversized_requests,
             "accesslog": None,
             "errorlog": "-",
             "loglevel": "info",
@@ -89,6 +92,9 @@ class ModelServer(BaseApplication):
     def _remember_worker(self, server, worker) -> None:
         # Runs in the new worker process, so this attribute is the worker's own copy.
         self._worker_age = worker.age
+
+    def _close_oversized_requests(self, worker, req) -> None:
+        close_oversized_request(req, self.settings.max_payload_bytes)
 
     def load(self):
         """Build the worker's app: load and warm up the model (runs in the worker, after the fork)."""
@@ -108,6 +114,22 @@ class ModelServer(BaseApplication):
         return create_app(predictor, self.settings, workers=self.plan.workers)
 
 
+def close_oversized_request(req, limit: int) -> None:
+    """Make gunicorn close the connection after answering a request whose declared body exceeds `limit`.
+
+    The app refuses such a body (413) without reading it, and gunicorn strips the app's own
+    `Connection: close` (a hop-by-hop header), so it is told here, from the request line and headers,
+    before the app runs; its answer then says `Connection: close` and the client opens a new connection.
+    """
+    declared = next((value for name, value in req.headers if name.upper() == "CONTENT-LENGTH"), None)
+    try:
+        oversized = declared is not None and int(declared) > limit
+    except ValueError:
+        return  # gunicorn refuses a malformed Content-Length itself
+    if oversized:
+        req.must_close = True  # what gunicorn's Request.force_close() sets; read by its should_close()
+
+
 def run(settings: Optional[ServingSettings] = None) -> int:
     """Serve until SIGTERM/SIGINT, then return 0; when a worker cannot load the model, gunicorn stops the
     server and raises SystemExit(3) out of this call."""
@@ -115,7 +137,7 @@ def run(settings: Optional[ServingSettings] = None) -> int:
     if not settings.model_dir.is_dir():
         raise UserError(f"no model to serve: {settings.model_dir} is not a directory "
                         "(SageMaker extracts model.tar.gz there; set SEGMAKER_MODEL_DIR to serve another)")
-    plan = plan_server(settings, os.cpu_count() or 1, visible_gpu_count())
+    plan = plan_server(settings, os.cpu_count() or 1, gpu_count_before_fork(visible_gpu_devices()))
     _limit_intra_op_threads(plan.threads_per_worker)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)

@@ -12,6 +12,7 @@ import mxnet as mx
 
 from segmaker.environment import ResourceConfig
 from segmaker.errors import UserError
+from segmaker.gpus import mxnet_gpu_count as visible_gpu_count  # noqa: F401 (training and serving share it)
 
 
 @dataclass(frozen=True)
@@ -44,14 +45,6 @@ def training_contexts(num_gpus: int, cpu_devices: int) -> List[mx.Context]:
     if num_gpus > 0:
         return [mx.gpu(i) for i in range(num_gpus)]
     return [mx.cpu(i) for i in range(cpu_devices)]
-
-
-def visible_gpu_count() -> int:
-    try:
-        return mx.context.num_gpus()
-    except mx.MXNetError:
-        # A CPU-only MXNet build (or no driver) raises instead of answering 0.
-        return 0
 
 
 def resolve_kvstore(requested: str, contexts: List[mx.Context]) -> str:

@@ -190,7 +190,8 @@ def test_refuses_a_corrupt_archive(tmp_path):
 
 def test_a_directory_without_a_model_names_what_it_holds(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"")
-    with pytest.raises(UserError, match=r"expected segmaker.json or model.tar.gz, found weights.bin"):
+    with pytest.raises(UserError, match=r"expected segmaker.json .*hyperparams.json with model_best.params"
+                                        r" or model_algo-1 .*, or model.tar.gz; found weights.bin"):
         read_model_dir(tmp_path)
 
 

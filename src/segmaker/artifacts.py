@@ -10,6 +10,13 @@ model-0000.params
 model.onnx          where the algorithm exports (input 1x3xSxS, output 1xCxSxS logits)
 ```
 
+A directory the built-in algorithm wrote (`hyperparams.json`, `model_best.params`, `model_algo-1`, no
+`segmaker.json`) is read too: its manifest is inferred from `hyperparams.json` (see `builtin_manifest`),
+and its parameter files are in the same format as ours (GluonCV's `save_parameters`: structural names such
+as `layer1.0.conv1.weight`, `head.block.4.weight`, `auxlayer.block.4.weight`), which is also how users load
+either kind with GluonCV's own classes (`gluoncv.model_zoo.PSPNet(nclass, backbone="resnet50",
+pretrained_base=False).load_parameters("model_algo-1")`).
+
 Every file is first written into a staging folder inside the model directory and then renamed into place
 (same file system, so each rename is atomic); the manifest comes last, so a directory with a manifest is
 complete. The `model` channel may bring such a directory or a `model.tar.gz` of one.
@@ -27,9 +34,16 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import mxnet as mx
 
+from segmaker.config import BACKBONES as CONFIG_BACKBONES
 from segmaker.errors import UserError
 from segmaker.metrics import class_names_or_default
-from segmaker.models import SegmentationInference, build_network, load_parameters
+from segmaker.models import (
+    ALGORITHMS,
+    SegmentationInference,
+    build_network,
+    load_parameters,
+    working_size_for,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -268,23 +282,34 @@ def read_model_dir(path: Path, *, extract_dir: Optional[Path] = None) -> ModelAr
         return read_model_dir(_extract(path, extract_dir))
     if not path.is_dir():
         raise UserError(f"model directory {path} does not exist")
-    directory = _directory_with_manifest(path)
+    directory = _model_directory(path)
     if directory is None:
         if (path / TARBALL).is_file():
             return read_model_dir(_extract(path / TARBALL, extract_dir))
-        raise UserError(f"{path} holds no segmaker model: expected {MANIFEST} or {TARBALL}, found "
-                        f"{_listing(path)}. Only models trained by segmaker can be loaded.")
+        raise UserError(f"{path} holds no model: expected {MANIFEST} (segmaker), or {HYPERPARAMETERS} with "
+                        f"{BEST_PARAMS} or {FINAL_PARAMS} (the built-in algorithm), or {TARBALL}; found "
+                        f"{_listing(path)}")
     return _artifacts(directory)
 
 
-def _directory_with_manifest(path: Path) -> Optional[Path]:
-    """`path` itself, or its only subdirectory (a tarball made of the folder rather than its contents)."""
-    if (path / MANIFEST).is_file():
+def _model_directory(path: Path) -> Optional[Path]:
+    """`path` itself, or its only subdirectory (a tarball made of the folder rather than its contents),
+    when it holds a segmaker manifest or the built-in algorithm's files."""
+    if _is_model_directory(path):
         return path
     subdirectories = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    if len(subdirectories) == 1 and (subdirectories[0] / MANIFEST).is_file():
+    if len(subdirectories) == 1 and _is_model_directory(subdirectories[0]):
         return subdirectories[0]
     return None
+
+
+def _is_model_directory(path: Path) -> bool:
+    return (path / MANIFEST).is_file() or _is_builtin_directory(path)
+
+
+def _is_builtin_directory(path: Path) -> bool:
+    return (path / HYPERPARAMETERS).is_file() and any((path / name).is_file()
+                                                      for name in (BEST_PARAMS, FINAL_PARAMS))
 
 
 def _listing(path: Path) -> str:
@@ -292,21 +317,33 @@ def _listing(path: Path) -> str:
     return ", ".join(names[:10]) + (" ..." if len(names) > 10 else "") if names else "nothing"
 
 
+def _read_json_object(path: Path) -> Mapping[str, object]:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UserError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} must hold a JSON object")
+    return raw
+
+
 def _artifacts(directory: Path) -> ModelArtifacts:
     manifest_path = directory / MANIFEST
-    try:
-        raw = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise UserError(f"{manifest_path} is not valid JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{manifest_path} must hold a JSON object")
+    if manifest_path.is_file():
+        manifest = manifest_from_json_dict(_read_json_object(manifest_path), manifest_path)
+    else:
+        hyperparameters = directory / HYPERPARAMETERS
+        manifest = builtin_manifest(_read_json_object(hyperparameters), hyperparameters)
+        LOG.info("%s has no %s: read as the built-in algorithm's model (%s %s, %d classes, working size %d)",
+                 directory, MANIFEST, manifest.algorithm, manifest.backbone, manifest.num_classes,
+                 manifest.working_size)
 
     def present(name: str) -> Optional[Path]:
         return directory / name if (directory / name).is_file() else None
 
     return ModelArtifacts(
         directory=directory,
-        manifest=manifest_from_json_dict(raw, manifest_path),
+        manifest=manifest,
         best_params=present(BEST_PARAMS),
         final_params=present(FINAL_PARAMS),
         hyperparameters=present(HYPERPARAMETERS),
@@ -315,6 +352,46 @@ def _artifacts(directory: Path) -> ModelArtifacts:
         onnx_file=present(ONNX_FILE),
         files=tuple(sorted(p.name for p in directory.iterdir() if p.is_file())),
     )
+
+
+# The built-in algorithm's defaults for what its hyperparams.json may leave out (SPEC section 3).
+_BUILTIN_DEFAULTS = {"algorithm": "fcn", "backbone": "resnet-50", "base_size": 520, "crop_size": 240}
+
+
+def builtin_manifest(hyperparameters: Mapping[str, object], source: Path) -> ModelManifest:
+    """The manifest of a model the built-in algorithm trained, inferred from its `hyperparams.json`.
+
+    Read: `algorithm` (fcn | psp | deeplab), `backbone` (resnet-50 | resnet-101), `num_classes` (required),
+    `base_size` and `crop_size` (the built-in's defaults 520 and 240 when absent), values as strings or JSON
+    numbers. Inferred: the working size, as for our own models (`base_size`, at least `crop_size`, rounded up
+    to a multiple of 8); class names `class_<id>`; no label map; the whole-image (`base_size`) scale. Other
+    keys are ignored. Whether the files hold an auxiliary head does not matter: serving does not use it.
+    """
+    def value(key: str) -> object:
+        found = hyperparameters.get(key, _BUILTIN_DEFAULTS.get(key))
+        if found is None:
+            raise UserError(f"{source}: '{key}' is missing; a built-in model's hyperparams.json must name it")
+        return found.strip().lower() if isinstance(found, str) else found
+
+    algorithm = value("algorithm")
+    if algorithm not in ALGORITHMS:
+        raise UserError(f"{source}: 'algorithm' {algorithm!r} is not one of {sorted(ALGORITHMS)}")
+    backbone = CONFIG_BACKBONES.get(str(value("backbone")))
+    if backbone is None:
+        raise UserError(f"{source}: 'backbone' {value('backbone')!r} is not one of resnet-50, resnet-101")
+    sizes = {key: _whole_number(value(key), key, source) for key in ("num_classes", "base_size", "crop_size")}
+    return ModelManifest(algorithm=algorithm, backbone=backbone, num_classes=sizes["num_classes"],
+                         working_size=working_size_for(max(sizes["base_size"], sizes["crop_size"])))
+
+
+def _whole_number(raw: object, key: str, source: Path) -> int:
+    try:
+        number = float(raw)  # "21", 21, "21.0" (tuning jobs send whole numbers so)
+    except (TypeError, ValueError):
+        number = -1.0
+    if isinstance(raw, bool) or number != int(number) or number < 1:
+        raise UserError(f"{source}: '{key}' must be a positive whole number, not {raw!r}")
+    return int(number)
 
 
 def _extract(tarball: Path, extract_dir: Optional[Path]) -> Path:

@@ -4,6 +4,7 @@ The CPU image is built on the local Debian base (docker/make_base_image.sh) by t
 uses, without baked weights (they cannot be downloaded here), so the tests exercise the real build path.
 """
 
+import contextlib
 import functools
 import http.client
 import os
@@ -11,9 +12,10 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 import venv
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -147,3 +149,40 @@ def python_venv(path: Path, requirements: Sequence[str]) -> Path:
 def aws_tools_bin() -> Path:
     """The bin dir of .venv-aws (the AWS CLI and moto's server), created on first use."""
     return python_venv(AWS_TOOLS_VENV, AWS_TOOLS)
+
+
+def wait_for_http(url: str, timeout: float, process: subprocess.Popen) -> None:
+    """Poll `url` until anything answers; fail early when `process` (the server) has exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{process.args[0]} exited with {process.returncode} before answering {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"nothing answered {url} within {timeout} s")
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def moto_server(log_dir: Path) -> Iterator[str]:
+    """moto's server (stand-in for S3, STS, ECR, ...) on a free loopback port; yields its endpoint URL."""
+    port = free_port()
+    with (log_dir / "moto.log").open("w") as log:
+        process = subprocess.Popen([str(aws_tools_bin() / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                                   stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for_http(f"http://127.0.0.1:{port}/moto-api/", 60, process)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            stop_process(process)

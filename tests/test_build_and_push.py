@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 from typing import Dict, Iterator
@@ -19,7 +18,10 @@ from tests.docker_helpers import (
     ensure_cpu_image,
     ensure_debian_package,
     free_port,
+    moto_server,
     run,
+    stop_process,
+    wait_for_http,
 )
 
 # Every test here needs the AWS tools venv (built from PyPI on first use); the push test needs Docker too.
@@ -31,28 +33,6 @@ SCRIPT = str(REPO_ROOT / "build_and_push.sh")
 BUILD_SETTINGS = ("PIP_CERT", "SEGMAKER_EXTRA_CA_CERTS", "DOCKER_HOST")
 
 
-def _wait_for_http(url: str, timeout: float, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"{process.args[0]} exited with {process.returncode} before answering {url}")
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"nothing answered {url} within {timeout} s")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture(scope="module")
 def aws_bin() -> Path:
     return aws_tools_bin()
@@ -60,16 +40,8 @@ def aws_bin() -> Path:
 
 @pytest.fixture(scope="module")
 def moto_endpoint(aws_bin, tmp_path_factory) -> Iterator[str]:
-    port = free_port()
-    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
-    process = subprocess.Popen([str(aws_bin / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_for_http(f"http://127.0.0.1:{port}/moto-api/", 60, process)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        _stop(process)
-        log.close()
+    with moto_server(tmp_path_factory.mktemp("moto")) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +60,10 @@ def registry(tmp_path_factory) -> Iterator[str]:
     log = (folder / "registry.log").open("w")
     process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_for_http(f"http://127.0.0.1:{port}/v2/", 60, process)
+        wait_for_http(f"http://127.0.0.1:{port}/v2/", 60, process)
         yield f"127.0.0.1:{port}"
     finally:
-        _stop(process)
+        stop_process(process)
         log.close()
 
 

@@ -30,8 +30,17 @@ EXIT_INTERNAL_ERROR = 2
 EXIT_STOPPED = 128 + signal.SIGTERM
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 FAILURE_REASON_LIMIT = 1024
-# Subcommand -> function of segmaker.data.pipe_feed that takes the rest of the command line.
-HELPERS = {"pipe-feed": "main", "make-manifest": "manifest_main"}
+# Subcommand -> "module:function" that takes the rest of the command line (imported only when used).
+HELPERS = {
+    "pipe-feed": "segmaker.data.pipe_feed:main",
+    "make-manifest": "segmaker.data.pipe_feed:manifest_main",
+    "prepare": "segmaker.prepare:main",
+}
+HELPER_HELP = {
+    "pipe-feed": "Pipe-mode helper",
+    "make-manifest": "Pipe-mode helper",
+    "prepare": "a dataset in its published layout -> SageMaker channels",
+}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -55,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve_command)
     for name in HELPERS:
         # Listed for `segmaker --help` only: main() hands these commands to their own parsers.
-        commands.add_parser(name, add_help=False, help="Pipe-mode helper; `--help` for its options")
+        commands.add_parser(name, add_help=False, help=f"{HELPER_HELP[name]}; `--help` for its options")
     return parser
 
 
@@ -161,11 +170,12 @@ def _serve_command(_args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_helper(function_name: str, rest: List[str]) -> int:
-    from segmaker.data import pipe_feed
+def _run_helper(target: str, rest: List[str]) -> int:
+    import importlib
 
+    module_name, function_name = target.split(":")
     try:
-        return int(getattr(pipe_feed, function_name)(rest) or 0)
+        return int(getattr(importlib.import_module(module_name), function_name)(rest) or 0)
     except UserError as exc:
         log.error("%s", exc)
         return EXIT_USER_ERROR

@@ -1,5 +1,6 @@
 """Shared fixtures: fake /opt/ml trees with synthetic data (see tests/synthetic.py for the generator)."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,9 @@ import pytest
 from segmaker.data.labelmaps import LabelMap
 from segmaker.environment import Paths
 from tests.synthetic import write_opt_ml
+
+# Quantizing at the end of every training test would add ~40 s to each: tests/test_quantize.py turns it on.
+os.environ.setdefault("SEGMAKER_QUANTIZE", "off")
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ segmaker.json       the manifest: architecture, working size, class names, label
 model-symbol.json   hybridized export of the best parameters at working size, main head only
 model-0000.params
 model.onnx          where the algorithm exports (input 1x3xSxS, output 1xCxSxS logits)
+model.int8.onnx     its int8 quantization, when it passed the gate (segmaker.quantize)
 ```
 
 A directory the built-in algorithm wrote (`hyperparams.json`, `model_best.params`, `model_algo-1`, no
@@ -56,6 +57,7 @@ EXPORT_PREFIX = "model"
 SYMBOL_FILE = EXPORT_PREFIX + "-symbol.json"
 EXPORT_PARAMS = EXPORT_PREFIX + "-0000.params"
 ONNX_FILE = "model.onnx"
+INT8_ONNX_FILE = "model.int8.onnx"
 TARBALL = "model.tar.gz"
 
 
@@ -71,13 +73,14 @@ class ModelManifest:
     label_map: Optional[Mapping[str, object]] = None
     best_epoch: Optional[int] = None
     best_miou: Optional[float] = None
+    int8: Optional[Mapping[str, object]] = None  # what segmaker.quantize measured and decided
 
     def names(self) -> List[str]:
         """The class names, `class_<id>` for a model trained without names."""
         return class_names_or_default(self.class_names, self.num_classes)
 
     def to_json_dict(self) -> Dict[str, object]:
-        return {
+        raw = {
             "format_version": FORMAT_VERSION,
             "algorithm": self.algorithm,
             "backbone": self.backbone,
@@ -88,6 +91,9 @@ class ModelManifest:
             "best_epoch": self.best_epoch,
             "best_mIOU": self.best_miou,
         }
+        if self.int8 is not None:  # only once segmaker.quantize ran
+            raw["int8"] = dict(self.int8)
+        return raw
 
 
 def manifest_from_json_dict(raw: Mapping[str, object], source: Path) -> ModelManifest:
@@ -105,6 +111,7 @@ def manifest_from_json_dict(raw: Mapping[str, object], source: Path) -> ModelMan
         label_map=raw.get("label_map"),
         best_epoch=raw.get("best_epoch"),
         best_miou=raw.get("best_mIOU"),
+        int8=raw.get("int8"),
     )
 
 
@@ -127,6 +134,7 @@ class ModelArtifacts:
     symbol_file: Optional[Path] = None
     export_params: Optional[Path] = None
     onnx_file: Optional[Path] = None
+    int8_onnx_file: Optional[Path] = None
     files: Tuple[str, ...] = field(default=(), repr=False)
 
     # The manifest's fields, readable directly on the artifacts (what serving and training mostly need).
@@ -268,7 +276,35 @@ def _publish(staging: Path, model_dir: Path) -> None:
         os.replace(str(staging / name), str(model_dir / name))
 
 
-_MANAGED_FILES = (BEST_PARAMS, FINAL_PARAMS, HYPERPARAMETERS, SYMBOL_FILE, EXPORT_PARAMS, ONNX_FILE, MANIFEST)
+# model.int8.onnx is managed too: a rewrite of the directory drops the int8 model of the older float one.
+_MANAGED_FILES = (BEST_PARAMS, FINAL_PARAMS, HYPERPARAMETERS, SYMBOL_FILE, EXPORT_PARAMS, ONNX_FILE,
+                  INT8_ONNX_FILE, MANIFEST)
+
+
+def record_int8(model_dir: Path, int8_file: Optional[Path], report: Mapping[str, object]) -> None:
+    """Publish `int8_file` as model.int8.onnx (None: remove any older one) and keep `report` in segmaker.json.
+
+    The int8 model is renamed in before the manifest is rewritten (itself atomically), as in write_model_dir.
+    """
+    model_dir = Path(model_dir)
+    target = model_dir / INT8_ONNX_FILE
+    if int8_file is not None:
+        os.chmod(str(int8_file), 0o644)
+        os.replace(str(int8_file), str(target))
+    elif target.exists():
+        target.unlink()
+    manifest_path = model_dir / MANIFEST
+    raw = json.loads(manifest_path.read_text(encoding="utf-8"))
+    raw["int8"] = dict(report)
+    fd, temporary = tempfile.mkstemp(prefix="." + MANIFEST + ".", dir=str(model_dir))
+    os.close(fd)
+    try:
+        _write_json(Path(temporary), raw)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, str(manifest_path))
+    except BaseException:
+        os.unlink(temporary)
+        raise
 
 
 def read_model_dir(path: Path, *, extract_dir: Optional[Path] = None) -> ModelArtifacts:
@@ -350,6 +386,7 @@ def _artifacts(directory: Path) -> ModelArtifacts:
         symbol_file=present(SYMBOL_FILE),
         export_params=present(EXPORT_PARAMS),
         onnx_file=present(ONNX_FILE),
+        int8_onnx_file=present(INT8_ONNX_FILE),
         files=tuple(sorted(p.name for p in directory.iterdir() if p.is_file())),
     )
 

@@ -1,4 +1,4 @@
-"""The `segmaker` command: `train`, `serve`, and the Pipe-mode helpers.
+"""The `segmaker` command: `train`, `serve`, `quantize`, and the Pipe-mode helpers.
 
 This is the one place that decides exit codes, writes `output/failure` and installs signal handlers.
 - A `UserError` becomes its plain message in the failure file (SageMaker shows the first 1024
@@ -35,11 +35,13 @@ HELPERS = {
     "pipe-feed": "segmaker.data.pipe_feed:main",
     "make-manifest": "segmaker.data.pipe_feed:manifest_main",
     "prepare": "segmaker.prepare:main",
+    "quantize": "segmaker.quantize:main",
 }
 HELPER_HELP = {
     "pipe-feed": "Pipe-mode helper",
     "make-manifest": "Pipe-mode helper",
     "prepare": "a dataset in its published layout -> SageMaker channels",
+    "quantize": "int8 model for a model trained earlier",
 }
 
 

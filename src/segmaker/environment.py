@@ -192,6 +192,15 @@ def cpu_device_count(environ: Optional[Mapping[str, str]] = None) -> int:
     return count
 
 
+def int8_enabled(environ: Optional[Mapping[str, str]] = None) -> bool:
+    """`SEGMAKER_QUANTIZE=off` skips the int8 model at the end of training (default `auto`: make it)."""
+    env = os.environ if environ is None else environ
+    raw = (env.get("SEGMAKER_QUANTIZE") or "auto").strip().lower()
+    if raw not in ("auto", "off"):
+        raise UserError(f"SEGMAKER_QUANTIZE must be auto or off, not {env.get('SEGMAKER_QUANTIZE')!r}")
+    return raw == "auto"
+
+
 def mxnet_home(environ: Optional[Mapping[str, str]] = None) -> Path:
     """Where baked-in pretrained weights live: `$MXNET_HOME/models` (MXNet's own default is ~/.mxnet)."""
     env = os.environ if environ is None else environ
@@ -208,7 +217,8 @@ class ServingSettings:
     max_payload_mb: float = 10.0  # the built-in's batch transform limit (sagemaker-python-sdk#1284)
     model_dir: Path = Path(DEFAULT_BASE_DIR) / "model"
     # Our additions: the largest image (in pixels) /invocations decodes, checked from the image header, and
-    # the inference engine ("mxnet", "onnx", or None: ONNX Runtime on CPU when model.onnx exists, else MXNet).
+    # the inference engine ("mxnet", "onnx", "onnx-int8", or None: on CPU ONNX Runtime on model.int8.onnx,
+    # else on model.onnx, when present; else MXNet).
     max_pixels: int = 40_000_000
     engine: Optional[str] = None
 
@@ -217,7 +227,7 @@ class ServingSettings:
         return int(self.max_payload_mb * 1024 * 1024)
 
 
-SERVING_ENGINES = ("mxnet", "onnx")
+SERVING_ENGINES = ("mxnet", "onnx", "onnx-int8")
 
 
 def read_serving_settings(environ: Optional[Mapping[str, str]] = None) -> ServingSettings:

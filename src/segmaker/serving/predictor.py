@@ -6,11 +6,13 @@ a square, runs one static-shape forward and resizes the logits back to the image
 computed a few classes at a time). Only the decoded image, its mask and one working-size forward scale
 with the request.
 
-Two engines run that forward: MXNet's hybridized static graph, or ONNX Runtime on `model.onnx` (CPU only).
-The choice is a rule, not a measurement at load (building and timing both engines cost about four
-working-size forwards of cold start): SEGMAKER_ENGINE when set; MXNet on a GPU; ONNX Runtime on a CPU
-whenever the model directory has `model.onnx` (written only when the export succeeded; faster than MXNet
-on CPU for all three algorithms, see bench/bench_serving.py (b)); MXNet otherwise. Only the chosen engine
+Three engines run that forward: MXNet's hybridized static graph, or ONNX Runtime (CPU only) on
+`model.onnx` or on its int8 quantization `model.int8.onnx` (segmaker.quantize; present only when it agreed
+with the float model on the validation images). The choice is a rule, not a measurement at load (building
+and timing engines cost several working-size forwards of cold start): SEGMAKER_ENGINE when set; MXNet on a
+GPU; on a CPU the int8 model when present, else `model.onnx` when present (written only when the export
+succeeded; both faster than MXNet on CPU for all three algorithms, see bench/bench_serving.py (b)); MXNet
+otherwise. Only the chosen engine
 is built, and warmed up with one working-size forward before /ping answers 200.
 """
 
@@ -104,16 +106,23 @@ def _time_forward(engine: SegmentationInference) -> float:
     return time.perf_counter() - start
 
 
-def choose_engine(forced: Optional[str], has_onnx: bool, gpu: Optional[int]) -> str:
-    """The engine that serves the model: `forced` (SEGMAKER_ENGINE) when set, else ONNX Runtime on a CPU
-    when the model has an ONNX export, else MXNet. UserError when ONNX is forced but cannot run."""
-    if forced not in (None, "mxnet", "onnx"):
+def choose_engine(forced: Optional[str], has_onnx: bool, gpu: Optional[int], has_int8: bool = False) -> str:
+    """The engine that serves the model: `forced` (SEGMAKER_ENGINE) when set; else on a CPU the int8 ONNX
+    model when it exists (it passed the quantization gate), then the float ONNX model; else MXNet.
+    UserError when an ONNX engine is forced but cannot run."""
+    if forced not in (None, "mxnet", "onnx", "onnx-int8"):
         raise ValueError(f"unknown engine {forced!r}")
-    if forced == "onnx" and (not has_onnx or gpu is not None):
-        reason = "ONNX serving is CPU only" if has_onnx else "the model directory has no model.onnx"
-        raise UserError(f"SEGMAKER_ENGINE=onnx cannot be used: {reason}; unset SEGMAKER_ENGINE to use MXNet")
+    if forced in ("onnx", "onnx-int8"):
+        present = has_int8 if forced == "onnx-int8" else has_onnx
+        file_name = "model.int8.onnx" if forced == "onnx-int8" else "model.onnx"
+        if not present or gpu is not None:
+            reason = "ONNX serving is CPU only" if present else f"the model directory has no {file_name}"
+            raise UserError(f"SEGMAKER_ENGINE={forced} cannot be used: {reason}; unset SEGMAKER_ENGINE to"
+                            " let segmaker choose")
     if forced is not None:
         return forced
+    if gpu is None and has_int8:
+        return "onnx-int8"
     return "onnx" if has_onnx and gpu is None else "mxnet"
 
 
@@ -140,9 +149,10 @@ def load_predictor(model_dir: Path, *, engine: Optional[str] = None, gpu: Option
     clock = _StartupLog()
     model = artifacts.read_model_dir(model_dir)
     clock.step("read model directory")
-    name = choose_engine(engine, model.onnx_file is not None, gpu)
-    if name == "onnx":
-        chosen: SegmentationInference = OnnxInference(model.onnx_file, model.working_size, threads)
+    name = choose_engine(engine, model.onnx_file is not None, gpu, model.int8_onnx_file is not None)
+    if name in ("onnx", "onnx-int8"):
+        onnx_file = model.int8_onnx_file if name == "onnx-int8" else model.onnx_file
+        chosen: SegmentationInference = OnnxInference(onnx_file, model.working_size, threads)
         clock.step(f"ONNX Runtime session ({threads} intra-op threads)")
     else:
         contexts = [mx.gpu(gpu)] if gpu is not None else [mx.cpu()]

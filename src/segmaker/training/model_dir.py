@@ -8,6 +8,7 @@ import mxnet as mx
 
 from segmaker import artifacts
 from segmaker.data import LabelMap
+from segmaker.quantize import quantize_after_training
 from segmaker.training.early_stopping import EarlyStoppingState
 from segmaker.training.job import TrainingJob
 
@@ -35,7 +36,7 @@ def write_model(
         best_epoch=early_stopping.best_epoch,
         best_miou=early_stopping.best_miou if validated else None,
     )
-    artifacts.write_model_dir(
+    written = artifacts.write_model_dir(
         job.paths.model_dir,
         manifest,
         final_net=net,
@@ -43,3 +44,5 @@ def write_model(
         hyperparameters=config.to_json_dict(),
     )
     log.info("Model written to %s", job.paths.model_dir)
+    if written.onnx_file is not None:  # not when a stop skipped the export: nothing to quantize, no time
+        quantize_after_training(job.paths, job.channels, written.directory)

@@ -19,15 +19,28 @@ command -v docker >/dev/null || die "docker is not installed"
 command -v curl >/dev/null || die "curl is not installed"
 
 say "1/5 base image and $IMAGE"
+mkdir -p "$OUT"
 if [ -z "${BASE_IMAGE:-}" ]; then
     "$REPO_ROOT/docker/make_base_image.sh"
 fi
-"$REPO_ROOT/docker/build_image.sh" --cpu --weights skip --tag "$IMAGE" ${BASE_IMAGE:+--base "$BASE_IMAGE"} \
-    | grep -E '^(build_image|Successfully)' || true
-docker image inspect "$IMAGE" >/dev/null 2>&1 || die "the image build failed: run docker/build_image.sh --cpu"
+# The first build downloads and installs MXNet, GluonCV and friends for minutes without a word: show each
+# Dockerfile step as it starts, with the time so far, and a heartbeat while a long step runs.
+BUILD_LOG="$OUT/image_build.log"
+START=$SECONDS
+( while sleep 30; do echo "   [$((SECONDS - START))s] still building (full log: $BUILD_LOG)"; done ) &
+HEARTBEAT=$!
+trap 'kill "$HEARTBEAT" 2>/dev/null || true' EXIT
+"$REPO_ROOT/docker/build_image.sh" --cpu --weights skip --tag "$IMAGE" ${BASE_IMAGE:+--base "$BASE_IMAGE"} 2>&1 \
+    | tee "$BUILD_LOG" | while IFS= read -r line; do
+        case "$line" in
+            "Step "* | build_image:* | Successfully*) echo "   [$((SECONDS - START))s] ${line:0:110}" ;;
+        esac
+    done || die "the image build failed: see $BUILD_LOG"
+kill "$HEARTBEAT" 2>/dev/null || true
+trap - EXIT
+docker image inspect "$IMAGE" >/dev/null 2>&1 || die "the image build failed: see $BUILD_LOG"
 
-say "2/5 training on local_test/test_dir (a copy in $OUT/opt_ml)"
-mkdir -p "$OUT"
+say "2/5 training on local_test/test_dir (a copy in $OUT/opt_ml): a ResNet-50 FCN from random weights, 10 epochs"
 rm -rf "$OUT/opt_ml"
 cp -r "$REPO_ROOT/local_test/test_dir" "$OUT/opt_ml"
 docker run --rm -v "$OUT/opt_ml:/opt/ml" "$IMAGE" train \
@@ -52,8 +65,10 @@ cp "$SAMPLE" "$OUT/input.jpg"
 curl -sf -X POST "$URL/invocations" -H "Content-Type: image/jpeg" -H "Accept: image/png" \
     --data-binary "@$OUT/input.jpg" -o "$OUT/mask.png" || die "POST /invocations failed"
 
-say "5/5 overlay and stop"
-# The image's own Python draws the overlay, so the host needs nothing but Docker and curl.
+say "5/5 overlay, figures and stop"
+# The image's own Python draws the overlay and reads the figures, so the host needs nothing but Docker and curl.
+TRUTH="$(basename "$SAMPLE" .jpg).png"
+cp "$OUT/opt_ml/input/data/validation_annotation/$TRUTH" "$OUT/input_truth.png"
 docker run --rm --entrypoint python -v "$OUT:/demo" "$IMAGE" -c '
 import json
 import numpy as np
@@ -61,16 +76,29 @@ from PIL import Image
 from segmaker.outputs import overlay
 image = np.asarray(Image.open("/demo/input.jpg").convert("RGB"))
 mask = np.asarray(Image.open("/demo/mask.png"))
+truth = np.asarray(Image.open("/demo/input_truth.png"))
 assert mask.shape == image.shape[:2], (mask.shape, image.shape)
-num_classes = json.load(open("/demo/opt_ml/model/segmaker.json"))["num_classes"]
-Image.fromarray(overlay(image, mask, num_classes)).save("/demo/overlay.png")
-print("mask", mask.shape, "classes present", sorted(int(c) for c in np.unique(mask)))
+model = json.load(open("/demo/opt_ml/model/segmaker.json"))
+Image.fromarray(overlay(image, mask, model["num_classes"])).save("/demo/overlay.png")
+history = json.load(open("/demo/opt_ml/output/data/metrics.json"))
+best = max(history, key=lambda row: row["mIOU"])
+print("train loss by epoch:     " + " ".join("%.3f" % row["train_loss"] for row in history))
+print("validation mIOU by epoch: " + " ".join("%.3f" % row["mIOU"] for row in history))
+print("best epoch %d: mIOU %.3f, Dice %.3f, pixel accuracy %.3f" % (
+    best["epoch"], best["mIOU"], best["dice"], best["pixel_accuracy"]))
+print("per class (best epoch): " + ", ".join(
+    "%s IoU %.3f" % (name, value) for name, value in best["iou_per_class"].items() if value is not None))
+names = model["class_names"]
+print("served mask of input.jpg: %.1f %% of its pixels as in the true mask; classes %s" % (
+    100 * float(np.mean(mask == truth)), ", ".join(names[c] for c in np.unique(mask))))
 '
 docker stop "$CONTAINER" >/dev/null
 trap - EXIT
 echo
-echo "demo done:"
+echo "demo done. Look at:"
+echo "  report   $OUT/opt_ml/output/data/report.html   (curves, per-class table, confusion matrix, examples)"
 echo "  input    $OUT/input.jpg"
 echo "  mask     $OUT/mask.png     (8-bit PNG of class ids, same size as the input)"
-echo "  overlay  $OUT/overlay.png"
-echo "  model    $OUT/opt_ml/model/   metrics and plots: $OUT/opt_ml/output/data/"
+echo "  overlay  $OUT/overlay.png  (the served mask over the input)"
+echo "  plots    $OUT/opt_ml/output/data/{training_curves,confusion_matrix,validation_predictions}.png"
+echo "  model    $OUT/opt_ml/model/"

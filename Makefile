@@ -22,7 +22,7 @@ test-fast: setup
 	$(PY) -m pytest tests -m "not slow and not docker and not sdk" || [ $$? -eq 5 ]
 
 lint: setup
-	$(PY) -m ruff check src tests
+	$(PY) -m ruff check src tests examples scripts
 	$(VENV)/bin/vermin --no-tips --target=3.8- --violations src
 
 clean:

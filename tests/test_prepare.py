@@ -47,8 +47,8 @@ def test_oxford_pets_binary_copies_trimaps_with_the_ignore_aware_label_map(tmp_p
     assert skipped["not a .jpg image (.mat)"] == ["Abyssinian_101.mat"]
     assert skipped["image in neither trainval.txt nor test.txt"] == ["Unlisted_7.jpg"]
     repaired = {reason: [Path(f).name for f in files] for reason, files in summary["repaired_files"].items()}
-    assert repaired == {"L JPEG image converted to RGB": [f"{written['trainval'][0]}.jpg"],
-                        "CMYK JPEG image converted to RGB": [f"{written['trainval'][1]}.jpg"]}
+    assert repaired == {"L JPEG image converted to RGB JPEG": [f"{written['trainval'][0]}.jpg"],
+                        "CMYK JPEG image converted to RGB JPEG": [f"{written['trainval'][1]}.jpg"]}
     for path in (out / "train").iterdir():  # every image is now an RGB JPEG
         with Image.open(str(path)) as picture:
             assert (picture.format, picture.mode) == ("JPEG", "RGB"), path
@@ -243,3 +243,37 @@ def test_upload_copies_the_channels_to_s3_and_prints_the_fit_dictionary(tmp_path
     fit = json.loads(text[text.index("estimator.fit(") + len("estimator.fit("):text.index("\n})") + 2])
     assert fit == {channel: f"s3://tiles-bucket/roads/v1/{channel}" for channel in
                    ("train", "train_annotation", "validation", "validation_annotation", "label_map")}
+
+
+def test_folders_converts_tiff_tiles_and_reads_colour_or_grey_rgb_masks(tmp_path):
+    from segmaker.prepare import folders, writer
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    colours = [(0, 0, 0), (255, 255, 255), (200, 30, 30)]  # black, white, red: three classes
+    for index in range(4):
+        picture = np.full((16, 20, 3), 40 * index, np.uint8)
+        Image.fromarray(picture).save(str(tmp_path / "images" / f"t{index}.tif"))
+        mask = np.zeros((16, 20, 3), np.uint8)
+        mask[4:8] = colours[1]
+        mask[8:12] = colours[2]
+        Image.fromarray(mask).save(str(tmp_path / "masks" / f"t{index}.png"))
+    dataset = folders.read(tmp_path / "images", tmp_path / "masks", 0.25, 0)
+    assert dataset.num_classes == 3 and dataset.label_map is None  # masks rewritten as class ids
+    out = tmp_path / "out"
+    writer.write_channels(dataset, out)
+    name = dataset.train[0].name
+    assert Image.open(str(out / "train" / f"{name}.png")).format == "PNG"
+    mask = np.asarray(Image.open(str(out / "train_annotation" / f"{name}.png")))
+    assert mask[0, 0] == 0 and mask[5, 0] == 2 and mask[9, 0] == 1  # sorted colours: black, red, white
+    assert len(dataset.summary.repaired["RGB TIFF image converted to RGB PNG"]) == 4
+    # grey values stored as RGB (three equal channels): read as grey, rewritten single-channel
+    for path in (tmp_path / "masks").iterdir():
+        grey = np.zeros((16, 20, 3), np.uint8)
+        grey[4:8] = 255
+        Image.fromarray(grey).save(str(path))
+    dataset = folders.read(tmp_path / "images", tmp_path / "masks", 0.25, 0)
+    assert dataset.label_map == {"map": {"0": 0, "1": 255}}
+    writer.write_channels(dataset, tmp_path / "grey")
+    mask = Image.open(str(tmp_path / "grey" / "train_annotation" / f"{name}.png"))
+    assert mask.mode == "L" and set(np.unique(np.asarray(mask))) == {0, 255}

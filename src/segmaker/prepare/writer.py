@@ -107,9 +107,10 @@ def _write_image(pair: Pair, folder: Path, summary: Summary) -> Optional[Path]:
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         summary.skip(f"image cannot be decoded ({type(exc).__name__})", pair.image)
         return None
-    target = folder / (pair.name + (".jpg" if kind == "JPEG" else ".png"))
-    rgb.save(str(target), **({"quality": 95} if kind == "JPEG" else {}))
-    summary.repair(f"{mode} {kind} image converted to RGB", pair.image)
+    as_jpeg = kind == "JPEG"  # a JPEG stays a JPEG; anything else becomes a (lossless) PNG
+    target = folder / (pair.name + (".jpg" if as_jpeg else ".png"))
+    rgb.save(str(target), **({"quality": 95} if as_jpeg else {}))
+    summary.repair(f"{mode} {kind} image converted to RGB {'JPEG' if as_jpeg else 'PNG'}", pair.image)
     return target
 
 

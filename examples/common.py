@@ -47,6 +47,9 @@ def parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8080, help="--local: the endpoint's port")
     parser.add_argument("--hyperparameter", "-H", action="append", default=[], metavar="KEY=VALUE",
                         help="override or add a hyperparameter (repeatable), e.g. -H epochs=2")
+    parser.add_argument("--env", "-E", action="append", default=[], metavar="KEY=VALUE",
+                        help="environment variable of the training container (repeatable), e.g. "
+                             "-E SEGMAKER_QUANTIZE=off")
     parser.add_argument("--no-endpoint", action="store_true", help="train only")
     parser.add_argument("--query-image", help="picture to send to the endpoint (default: the first "
                         "validation image of a local --data folder)")
@@ -84,11 +87,12 @@ def prepared_hyperparameters(args: argparse.Namespace) -> Dict[str, str]:
 
 
 def with_overrides(hyperparameters: Dict[str, object], args: argparse.Namespace) -> Dict[str, object]:
-    values = dict(hyperparameters)
-    for item in args.hyperparameter:
-        key, _, value = item.partition("=")
-        values[key.strip()] = value.strip()
-    return values
+    return dict(hyperparameters, **key_values(args.hyperparameter))
+
+
+def key_values(items: List[str]) -> Dict[str, str]:
+    pairs = (item.partition("=") for item in items)
+    return {key.strip(): value.strip() for key, _, value in pairs}
 
 
 def estimator(args: argparse.Namespace, hyperparameters: Dict[str, object], base_job_name: str
@@ -105,6 +109,7 @@ def estimator(args: argparse.Namespace, hyperparameters: Dict[str, object], base
         metric_definitions=METRIC_DEFINITIONS,
         output_path=output,
         base_job_name=base_job_name,
+        environment=key_values(args.env) or None,
         sagemaker_session=session(args),
     )
 

@@ -25,8 +25,10 @@ from tests.test_sdk_local_mode import _sdk_environment
 
 pytestmark = [pytest.mark.sdk, pytest.mark.docker, pytest.mark.slow]
 
+# The int8 quantization after training (tests/test_quantize.py covers it) would add ~40 s to every job.
 TINY = ["-H", "epochs=1", "-H", "use_pretrained_model=False", "-H", "crop_size=32", "-H", "base_size=48",
-        "-H", "mini_batch_size=2", "-H", "validation_mini_batch_size=2", "-H", "early_stopping=False"]
+        "-H", "mini_batch_size=2", "-H", "validation_mini_batch_size=2", "-H", "early_stopping=False",
+        "-E", "SEGMAKER_QUANTIZE=off"]
 
 
 @pytest.fixture(scope="module")

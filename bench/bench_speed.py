@@ -10,7 +10,7 @@
    rounds: 4-client throughput / 1-client (target >= 1.0), p99/p50 (<= 3), errors (0).
 3. Training images/s in Pipe mode / File mode, alternating rounds (target >= 0.98; bench_pipe.py).
 
-    .venv/bin/python bench/bench_speed.py [--rounds 5] [--seconds 30] [--skip-pipe]
+    .venv/bin/python bench/bench_speed.py [--rounds 5] [--seconds 30] [--skip-forward|serving|pipe]
 """
 
 import argparse
@@ -161,14 +161,19 @@ def main() -> None:
     parser.add_argument("--load-rounds", type=int, default=3)
     parser.add_argument("--pipe-rounds", type=int, default=3)
     parser.add_argument("--skip-pipe", action="store_true")
+    parser.add_argument("--skip-forward", action="store_true")
+    parser.add_argument("--skip-serving", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_speed_") as scratch:
         print("models (random weights) and their int8 quantization:")
-        dirs = {name: write_tiny_model_dir(Path(scratch) / name, name, size=args.size) for name in ALGORITHMS}
+        names = ("fcn",) if args.skip_forward else ALGORITHMS
+        dirs = {name: write_tiny_model_dir(Path(scratch) / name, name, size=args.size) for name in names}
         for model_dir in dirs.values():
             make_int8(model_dir, args.size)
-        bench_forwards(dirs, args.size, args.rounds)
-        bench_concurrency(dirs["fcn"], args.size, args.seconds, args.load_rounds)
+        if not args.skip_forward:
+            bench_forwards(dirs, args.size, args.rounds)
+        if not args.skip_serving:
+            bench_concurrency(dirs["fcn"], args.size, args.seconds, args.load_rounds)
         if not args.skip_pipe:
             bench_pipe_mode(Path(scratch) / "pipe", args.pipe_rounds)
 

@@ -9,6 +9,7 @@ one size its network was built for.
 import contextlib
 import io
 import math
+import threading
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -227,8 +228,10 @@ class SegmentationInference:
     A batch of images is split over `contexts` (several GPUs, or several CPU contexts in tests) exactly as
     training splits a batch.
 
-    Not thread-safe: the hybridized graph keeps its buffers between calls (static_alloc), so one instance
-    belongs to one thread at a time. The model server gives each worker process its own instance.
+    Safe to call from several threads: only the forward is serialised (a lock per instance, because the
+    hybridized graph keeps its buffers between calls with static_alloc, and one forward already uses every
+    intra-op thread); resizing, normalising, cropping, resizing back and the argmax of concurrent calls run
+    outside it, overlapping another call's forward.
     """
 
     def __init__(self, net_at_working_size: Optional[mx.gluon.HybridBlock], working_size: int,
@@ -248,6 +251,7 @@ class SegmentationInference:
             self._net.collect_params().reset_ctx(self.contexts)
             self._net.hybridize(static_alloc=True, static_shape=True)
         self._forward_function: ForwardFunction = forward or self._network_forward
+        self._forward_lock = threading.Lock()
 
     def predict_probabilities(self, images: List[np.ndarray]) -> List[np.ndarray]:
         """Class probabilities, C x H x W float32, for each H x W x 3 uint8 RGB image."""
@@ -277,8 +281,10 @@ class SegmentationInference:
 
     def forward(self, inputs: List[np.ndarray]) -> List[mx.nd.NDArray]:
         """Main-head logits (C x S x S, on the device that computed them) for each normalised, padded
-        3 x S x S input, in order: the static-shape forward alone, without pre- or post-processing."""
-        return self._forward_function(inputs)
+        3 x S x S input, in order: the static-shape forward alone, without pre- or post-processing. One
+        forward at a time per instance (see the class docstring)."""
+        with self._forward_lock:
+            return self._forward_function(inputs)
 
     def _network_forward(self, inputs: List[np.ndarray]) -> List[mx.nd.NDArray]:
         parts = _split(inputs, len(self.contexts))

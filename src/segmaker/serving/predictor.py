@@ -61,8 +61,9 @@ class OnnxInference(SegmentationInference):
 class Predictor:
     """One worker's model: image in, mask or probabilities out. Safe to call from several threads.
 
-    The hybridized graph and the ONNX session keep state between calls, so forwards are serialised with a
-    lock; decoding and encoding (in the app) run outside it.
+    Only the engine's forward is serialised (SegmentationInference's lock): the resizing and normalising
+    before it and the cropping, resizing back and argmax after it, like decoding and encoding in the app,
+    run in the request's own thread while another request's forward runs.
     """
 
     def __init__(self, engine: SegmentationInference, class_names: Sequence[str], engine_name: str):
@@ -70,7 +71,6 @@ class Predictor:
         self.class_names = list(class_names)
         self.working_size = engine.working_size
         self._engine = engine
-        self._lock = threading.Lock()
         self._ready = threading.Event()
 
     @property
@@ -90,13 +90,11 @@ class Predictor:
 
     def predict_mask(self, image: np.ndarray) -> np.ndarray:
         """H x W uint8 class ids for an H x W x 3 uint8 RGB image."""
-        with self._lock:
-            return self._engine.predict_masks([image])[0]
+        return self._engine.predict_masks([image])[0]
 
     def predict_probabilities(self, image: np.ndarray) -> np.ndarray:
         """C x H x W float32 class probabilities for an H x W x 3 uint8 RGB image."""
-        with self._lock:
-            return self._engine.predict_probabilities([image])[0]
+        return self._engine.predict_probabilities([image])[0]
 
 
 def _time_forward(engine: SegmentationInference) -> float:

@@ -9,7 +9,7 @@
   gunicorn then stops the whole server ("Worker failed to boot") after our log line says why, instead of
   restarting it forever.
 - Worker class gthread with a few request threads: /ping is answered while a long inference runs (the
-  predictor serialises forwards with a lock). With gthread, gunicorn's `timeout` guards the worker's
+  predictor serialises only the engine's forward). With gthread, gunicorn's `timeout` guards the worker's
   main loop (and the model load), not single requests; SageMaker enforces its own invocation timeout.
 - SIGTERM: gunicorn stops accepting, lets in-flight requests finish for up to the timeout, then exits.
 """
@@ -29,7 +29,9 @@ from segmaker.gpus import gpu_count_before_fork
 LOG = logging.getLogger(__name__)
 
 THREADS_PER_MODEL = 4  # intra-op threads that still speed up one forward noticeably
-REQUEST_THREADS = 4  # per worker: enough for /ping and decode/encode to overlap a forward
+# Per worker: one request in the forward (serialised, on all the worker's intra-op threads) while the others
+# decode, resize, crop, resize back and encode theirs (single-threaded each), and /ping is still answered.
+REQUEST_THREADS = 4
 KEEPALIVE_SECONDS = 5
 LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 

@@ -19,7 +19,6 @@ from contextlib import closing
 from pathlib import Path
 
 import numpy as np
-from gluoncv.loss import MixSoftmaxCrossEntropyLoss
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # for tests.synthetic, the shared synthetic-data generator
@@ -30,6 +29,7 @@ from segmaker.training.devices import training_contexts, visible_gpu_count  # no
 from segmaker.training.epoch import EpochPlan, train_one_epoch  # noqa: E402
 from segmaker.training.feed import DataFeed, find_training_data  # noqa: E402
 from segmaker.training.job import TrainingJob  # noqa: E402
+from segmaker.training.loss import SegmentationLoss  # noqa: E402
 from segmaker.training.network import build_training_network  # noqa: E402
 from segmaker.training.optimizer import make_trainer  # noqa: E402
 from segmaker.training.schedule import LearningRateSchedule  # noqa: E402
@@ -81,7 +81,8 @@ class Trainer:
         self.config = job.config
         self.net = build_training_network(job, contexts)
         self.trainer = make_trainer(self.net, job.config, "local")
-        self.loss = MixSoftmaxCrossEntropyLoss(aux=job.config.aux_loss, aux_weight=job.config.aux_weight)
+        config = job.config
+        self.loss = SegmentationLoss(config.num_classes, config.loss, aux_weight=config.aux_weight)
         self.schedule = LearningRateSchedule(0.001, "poly", total_iterations=10**6)
 
     def run(self, batches, iterations: int) -> float:

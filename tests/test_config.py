@@ -153,3 +153,23 @@ def test_class_names_are_comma_separated_one_per_class():
     assert parse_hyperparameters({"num_classes": 2, "class_names": ["a", "b"]}).class_names == ("a", "b")
     assert "2 names, but num_classes is 3" in problems_of({"num_classes": "3", "class_names": "a,b"})
     assert "class_names = 'a,a'" in problems_of({"num_classes": "2", "class_names": "a,a"})
+
+
+def test_loss_and_class_weights():
+    raw = {"num_classes": "3", "loss": "cross_entropy+dice", "class_weights": "1, 5,0.5"}
+    config = parse_hyperparameters(raw)
+    assert config.loss == "cross_entropy+dice" and config.class_weights == (1.0, 5.0, 0.5)
+    assert parse_hyperparameters(config.to_json_dict()) == config
+    assert parse_hyperparameters({"num_classes": 2, "class_weights": "Balanced"}).class_weights == "balanced"
+    assert parse_hyperparameters({"num_classes": 2, "class_weights": [1, 3]}).class_weights == (1.0, 3.0)
+    default = TrainingConfig(num_classes=2)
+    assert default.class_weights is None and default.loss == "cross_entropy"
+
+
+def test_class_weights_errors_name_the_key_and_the_class_count():
+    message = problems_of({"num_classes": "3", "class_weights": "1,2", "loss": "focal"})
+    assert "class_weights has 2 weights but num_classes is 3" in message
+    assert "loss = 'focal': must be one of cross_entropy, dice, cross_entropy+dice" in message
+    assert "class_weights = '1,x': must be" in problems_of({"num_classes": "2", "class_weights": "1,x"})
+    assert "not all 0" in problems_of({"num_classes": "2", "class_weights": "0,0"})
+    assert "class_weights = '-1,2'" in problems_of({"num_classes": "2", "class_weights": "-1,2"})

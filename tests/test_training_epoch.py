@@ -5,10 +5,10 @@ import threading
 import mxnet as mx
 import numpy as np
 import pytest
-from gluoncv.loss import MixSoftmaxCrossEntropyLoss
 from mxnet import gluon
 
-from segmaker.training.epoch import EpochPlan, EpochStats, loss_labels, train_one_epoch
+from segmaker.training.epoch import EpochPlan, EpochStats, train_one_epoch
+from segmaker.training.loss import SegmentationLoss
 from segmaker.training.schedule import LearningRateSchedule
 
 
@@ -40,7 +40,7 @@ def setup(contexts):
     net = PixelClassifier(2)
     net.initialize(mx.init.Xavier(), ctx=contexts)
     trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.5})
-    loss = MixSoftmaxCrossEntropyLoss(aux=False)
+    loss = SegmentationLoss(2)
     return net, trainer, loss
 
 
@@ -109,11 +109,6 @@ def test_runs_at_most_the_planned_iterations():
         threading.Event(),
     )
     assert stats.iterations == 3
-
-
-def test_ignore_becomes_minus_one_for_gluoncv():
-    labels = loss_labels(np.array([[0, 255, 3]], np.uint8))
-    assert labels.dtype == np.float32 and labels.tolist() == [[0.0, -1.0, 3.0]]
 
 
 def test_parts_of_an_epoch_add_up():

@@ -8,7 +8,7 @@ and reported in one `UserError`, so a user fixes all of them in one go instead o
 import difflib
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from segmaker.errors import UserError
 
@@ -22,6 +22,8 @@ ALGORITHMS = ("fcn", "psp", "deeplab")
 LR_SCHEDULERS = ("poly", "cosine", "step")
 OPTIMIZERS = ("sgd", "adam", "adagrad", "nag", "rmsprop")
 PRECISION_DTYPES = ("float32", "float16")
+LOSSES = ("cross_entropy", "dice", "cross_entropy+dice")
+BALANCED = "balanced"
 KVSTORES = ("auto", "local", "device", "dist_sync", "dist_device_sync", "dist_async")
 IGNORED_PREFIXES = ("_", "sagemaker_")
 
@@ -62,6 +64,9 @@ class TrainingConfig:
     kvstore: str = "auto"
     data_workers: Optional[int] = None
     class_names: Tuple[str, ...] = ()
+    loss: str = "cross_entropy"
+    # None: every class weighs 1; "balanced": median-frequency weights counted from the training masks.
+    class_weights: Union[None, str, Tuple[float, ...]] = None
 
     def to_json_dict(self) -> Dict[str, object]:
         """JSON-typed resolved values for hyperparams.json; `parse_hyperparameters` reads them back."""
@@ -69,6 +74,8 @@ class TrainingConfig:
         values["lr_scheduler_step"] = list(self.lr_scheduler_step)
         values["class_names"] = ",".join(self.class_names)
         values["data_workers"] = "auto" if self.data_workers is None else self.data_workers
+        if isinstance(self.class_weights, tuple):
+            values["class_weights"] = list(self.class_weights)
         return values
 
 
@@ -216,6 +223,21 @@ def name_list(value: object) -> Tuple[str, ...]:
     return names
 
 
+def class_weights(value: object) -> Union[str, Tuple[float, ...]]:
+    """`balanced`, or comma-separated non-negative weights, one per class (the count is checked later)."""
+    allowed = '"balanced" or comma-separated non-negative numbers, one per class, e.g. "1,10"'
+    if _as_text(value).lower() == BALANCED:
+        return BALANCED
+    items = value if isinstance(value, (list, tuple)) else _as_text(value).split(",")
+    try:
+        weights = tuple(_real(item) for item in items)
+    except _Invalid:
+        raise _Invalid(allowed) from None
+    if not weights or min(weights) < 0 or max(weights) == 0:
+        raise _Invalid(allowed + ", not all 0")
+    return weights
+
+
 PARSERS: Dict[str, Parser] = {
     "backbone": choice(["resnet-50", "resnet-101"], BACKBONES),
     "algorithm": choice(ALGORITHMS),
@@ -249,6 +271,8 @@ PARSERS: Dict[str, Parser] = {
     "kvstore": choice(KVSTORES),
     "data_workers": optional_positive_int,
     "class_names": name_list,
+    "loss": choice(LOSSES),
+    "class_weights": class_weights,
 }
 
 
@@ -268,6 +292,7 @@ def parse_hyperparameters(raw: Mapping[str, object]) -> TrainingConfig:
             problems.append(f"{key} = {value!r}: must be {exc}")
     invalid = {key for key in raw if key in PARSERS and raw[key] is not None and key not in values}
     problems.extend(_missing_required(values, invalid))
+    problems.extend(_inconsistent(values))
     if problems:
         raise UserError("invalid hyperparameters:\n  - " + "\n  - ".join(problems))
     return TrainingConfig(**values)
@@ -297,3 +322,15 @@ def _missing_required(values: Mapping[str, object], invalid: Set[str]) -> List[s
         given = ",".join(names)
         problems.append(f"class_names = {given!r}: {len(names)} names, but num_classes is {num_classes}")
     return problems
+
+
+def _inconsistent(values: Mapping[str, object]) -> List[str]:
+    """Values that are valid alone but not together."""
+    weights = values.get("class_weights")
+    classes = values.get("num_classes")
+    if isinstance(weights, tuple) and classes is not None and len(weights) != classes:
+        return [
+            f"class_weights has {len(weights)} weights but num_classes is {classes}: give one weight per"
+            ' class (background included), or "balanced"'
+        ]
+    return []

@@ -10,12 +10,11 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
+from segmaker.training.loss import SegmentationLoss, StepLoss
 from segmaker.training.schedule import LearningRateSchedule
-from segmaker.transforms import IGNORE
 
 log = logging.getLogger(__name__)
 
-GLUONCV_IGNORE = -1
 PROGRESS_EVERY_SECONDS = 30.0
 
 Batch = Tuple[np.ndarray, np.ndarray]  # images N x 3 x H x W float32, masks N x H x W uint8 (255 = ignore)
@@ -59,17 +58,10 @@ class EpochPlan:
     iterations_per_epoch: int
 
 
-def loss_labels(masks: np.ndarray) -> np.ndarray:
-    """Masks as the float labels GluonCV's loss wants: ignore 255 becomes -1."""
-    labels = masks.astype(np.float32)
-    labels[masks == IGNORE] = GLUONCV_IGNORE
-    return labels
-
-
 def train_one_epoch(
     net: gluon.Block,
     trainer: gluon.Trainer,
-    loss_fn: gluon.loss.Loss,
+    loss_fn: SegmentationLoss,
     batches: Iterable[Batch],
     contexts: List[mx.Context],
     schedule: LearningRateSchedule,
@@ -80,38 +72,36 @@ def train_one_epoch(
     """Run `plan.iterations` steps (fewer if the data ends or a stop is requested: it is checked after
     every step, so a stop costs at most the iteration in progress)."""
     progress = _Progress(plan)
-    pending: Optional[List[mx.nd.NDArray]] = None
+    pending: Optional[StepLoss] = None
     loss_sum, images, done, lr = 0.0, 0, 0, schedule.at(plan.first_iteration)
     for done, (batch_images, batch_masks) in enumerate(_limited(batches, plan.iterations), start=1):
         lr = schedule.at(plan.first_iteration + done - 1)
         trainer.set_learning_rate(lr)
-        losses = _step(net, trainer, loss_fn, batch_images, batch_masks, contexts, dtype)
+        step_loss = _step(net, trainer, loss_fn, batch_images, batch_masks, contexts, dtype)
         # Reading the previous step's loss here (not this one's) keeps the device one step ahead of Python.
         if pending is not None:
-            loss_sum += progress.record(_batch_loss(pending), images)
-        pending, images = losses, images + len(batch_images)
+            loss_sum += progress.record(pending.value(), images)
+        pending, images = step_loss, images + len(batch_images)
         if stop_requested.is_set():
             break
     if pending is not None:
-        loss_sum += progress.record(_batch_loss(pending), images)
+        loss_sum += progress.record(pending.value(), images)
     mx.nd.waitall()
     return EpochStats(done, images, loss_sum, progress.elapsed(), lr)
 
 
-def _step(net, trainer, loss_fn, batch_images, batch_masks, contexts, dtype) -> List[mx.nd.NDArray]:
+def _step(net, trainer, loss_fn: SegmentationLoss, batch_images, batch_masks, contexts, dtype) -> StepLoss:
+    """One update from one global batch: the loss normalises by the whole batch's valid pixels and
+    trainer.step divides by its size, so the update does not depend on how the batch is split."""
+    counts = loss_fn.class_counts(batch_masks)
     data = gluon.utils.split_and_load(batch_images.astype(dtype, copy=False), contexts, even_split=False)
-    labels = gluon.utils.split_and_load(loss_labels(batch_masks), contexts, even_split=False)
+    labels = gluon.utils.split_and_load(batch_masks.astype(np.float32), contexts, even_split=False)
     with autograd.record():
-        losses = [loss_fn(*net(x), y) for x, y in zip(data, labels)]
-    autograd.backward(losses)
+        outputs = [net(x) for x in data]
+        step_loss = loss_fn(outputs, labels, counts)
+    autograd.backward(step_loss.objectives)
     trainer.step(len(batch_images))
-    return losses
-
-
-def _batch_loss(losses: List[mx.nd.NDArray]) -> float:
-    total = sum(float(loss.sum().asscalar()) for loss in losses)
-    count = sum(loss.shape[0] for loss in losses)
-    return total / max(1, count)
+    return step_loss
 
 
 def _limited(batches: Iterable[Batch], count: int) -> Iterator[Batch]:

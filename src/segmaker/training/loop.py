@@ -18,7 +18,6 @@ from typing import Dict, Optional
 
 import mxnet as mx
 import numpy as np
-from gluoncv.loss import MixSoftmaxCrossEntropyLoss
 
 from segmaker import metrics, outputs
 from segmaker.data.order import DataOrder, draw_seed
@@ -36,6 +35,7 @@ from segmaker.training.early_stopping import EarlyStoppingRule, EarlyStoppingSta
 from segmaker.training.epoch import EpochPlan, EpochStats, train_one_epoch
 from segmaker.training.feed import DataFeed, TrainingData, find_training_data, iterations_per_epoch
 from segmaker.training.job import TrainingJob, TrainingResult
+from segmaker.training.loss import SegmentationLoss
 from segmaker.training.model_dir import write_model
 from segmaker.training.network import build_training_network, working_size
 from segmaker.training.optimizer import make_trainer
@@ -122,7 +122,7 @@ class _Run:
         self.job, self.config, self.role, self.contexts = job, config, role, contexts
         self.net, self.feed, self.per_epoch = net, feed, per_epoch
         self.trainer = make_trainer(net, config, resolve_kvstore(config.kvstore, contexts))
-        self.loss = MixSoftmaxCrossEntropyLoss(aux=config.aux_loss, aux_weight=config.aux_weight)
+        self.loss = SegmentationLoss(config.num_classes, config.loss, aux_weight=config.aux_weight)
         self.schedule = schedule_for(config, per_epoch)
         self.rule = EarlyStoppingRule.from_config(config)
         self.validator = Validator(config, contexts) if feed.data.has_validation else None

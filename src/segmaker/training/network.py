@@ -18,6 +18,16 @@ from segmaker.training.job import TrainingJob
 
 log = logging.getLogger(__name__)
 
+# Why syncbn stays off on CPU contexts (measured with MXNet 1.9.1; see the README): SyncBatchNorm's forward
+# and backward block in a barrier until every device's copy of the layer has arrived, but (1) all CPU
+# contexts share ONE pool of temporary workspaces (src/resource.cc, ResourceManagerImpl::Request:
+# `cpu_space_->GetNext()`, MXNET_CPU_TEMP_COPY copies, while each GPU has its own), so a device's next op can
+# wait for the workspace held by the other device's op blocked in the barrier; and (2) with the hybridized
+# network the training step hung in SyncBatchNorm's forward even with 4096 workspace copies. Both deadlock.
+SYNCBN_ON_CPU = (
+    "MXNet 1.9.1's SyncBatchNorm deadlocks over several CPU contexts (they share one pool of temporary"
+    " workspaces), so it only runs on GPUs"
+)
 MODEL_CHANNEL = "model"
 PRETRAINED_CHANNEL = "pretrained"
 
@@ -26,8 +36,8 @@ def build_training_network(job: TrainingJob, contexts: List[mx.Context]) -> mx.g
     """The network at crop size (with the auxiliary head when aux_loss), weights loaded, on `contexts`."""
     config = job.config
     syncbn_devices = len(contexts) if config.syncbn and contexts[0].device_type == "gpu" else 0
-    if config.syncbn and not syncbn_devices:
-        log.info("syncbn is set but training runs on the CPU: using plain BatchNorm")
+    if config.syncbn and not syncbn_devices and len(contexts) > 1:
+        log.warning("syncbn is set but training runs on CPU contexts: plain BatchNorm. %s", SYNCBN_ON_CPU)
     net = models.build_network(
         config.algorithm,
         config.backbone,
@@ -37,11 +47,20 @@ def build_training_network(job: TrainingJob, contexts: List[mx.Context]) -> mx.g
         syncbn_devices=syncbn_devices,
     )
     _load_starting_weights(net, job)
+    if config.aux_loss and config.aux_weight == 0:
+        freeze_auxiliary_head(net)
     net.collect_params().reset_ctx(contexts)
     if config.precision_dtype == "float16":
         net.cast("float16")
     net.hybridize(static_alloc=True, static_shape=True)
     return net
+
+
+def freeze_auxiliary_head(net: mx.gluon.HybridBlock) -> None:
+    """aux_weight=0: the auxiliary head takes no part in the loss, so its weights get no gradient and no
+    update at all (grad_req 'null' also spares them weight decay, which a zero gradient would not)."""
+    for param in net.auxlayer.collect_params().values():
+        param.grad_req = "null"
 
 
 def _load_starting_weights(net: mx.gluon.HybridBlock, job: TrainingJob) -> None:

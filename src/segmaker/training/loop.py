@@ -23,6 +23,7 @@ from segmaker import metrics, outputs
 from segmaker.data.order import DataOrder, draw_seed
 from segmaker.outputs import EpochRecord
 from segmaker.training.checkpoints import Checkpoint, CheckpointStore, TrainingState
+from segmaker.training.class_weights import resolve_class_weights
 from segmaker.training.devices import (
     WorkerRole,
     check_precision,
@@ -122,7 +123,8 @@ class _Run:
         self.job, self.config, self.role, self.contexts = job, config, role, contexts
         self.net, self.feed, self.per_epoch = net, feed, per_epoch
         self.trainer = make_trainer(net, config, resolve_kvstore(config.kvstore, contexts))
-        self.loss = SegmentationLoss(config.num_classes, config.loss, aux_weight=config.aux_weight)
+        weights = resolve_class_weights(config, feed)
+        self.loss = SegmentationLoss(config.num_classes, config.loss, weights, aux_weight=config.aux_weight)
         self.schedule = schedule_for(config, per_epoch)
         self.rule = EarlyStoppingRule.from_config(config)
         self.validator = Validator(config, contexts) if feed.data.has_validation else None

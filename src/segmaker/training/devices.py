@@ -56,8 +56,10 @@ def resolve_kvstore(requested: str, contexts: List[mx.Context]) -> str:
 
 
 def check_precision(precision_dtype: str, contexts: List[mx.Context]) -> None:
-    """float16 needs GPUs: MXNet's CPU kernels for half precision are slow or missing."""
+    """float16 needs GPUs: MXNet 1.9.1 has no float16 matrix product on the CPU (its convolutions fail
+    with "FP16 gemm on cpu not implemented!")."""
     if precision_dtype == "float16" and any(ctx.device_type != "gpu" for ctx in contexts):
         raise UserError(
-            "precision_dtype float16 needs GPUs, but this job trains on the CPU; use precision_dtype float32"
+            "precision_dtype float16 needs GPUs, but this job trains on the CPU (MXNet has no float16"
+            " matrix product on the CPU); use precision_dtype float32"
         )

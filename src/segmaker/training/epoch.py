@@ -11,6 +11,7 @@ import numpy as np
 from mxnet import autograd, gluon
 
 from segmaker.training.loss import SegmentationLoss, StepLoss
+from segmaker.training.precision import scaled
 from segmaker.training.schedule import LearningRateSchedule
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,6 @@ def train_one_epoch(
     schedule: LearningRateSchedule,
     plan: EpochPlan,
     stop_requested: threading.Event,
-    dtype: str = "float32",
 ) -> EpochStats:
     """Run `plan.iterations` steps (fewer if the data ends or a stop is requested: it is checked after
     every step, so a stop costs at most the iteration in progress)."""
@@ -77,7 +77,7 @@ def train_one_epoch(
     for done, (batch_images, batch_masks) in enumerate(_limited(batches, plan.iterations), start=1):
         lr = schedule.at(plan.first_iteration + done - 1)
         trainer.set_learning_rate(lr)
-        step_loss = _step(net, trainer, loss_fn, batch_images, batch_masks, contexts, dtype)
+        step_loss = _step(net, trainer, loss_fn, batch_images, batch_masks, contexts)
         # Reading the previous step's loss here (not this one's) keeps the device one step ahead of Python.
         if pending is not None:
             loss_sum += progress.record(pending.value(), images)
@@ -90,16 +90,19 @@ def train_one_epoch(
     return EpochStats(done, images, loss_sum, progress.elapsed(), lr)
 
 
-def _step(net, trainer, loss_fn: SegmentationLoss, batch_images, batch_masks, contexts, dtype) -> StepLoss:
+def _step(net, trainer, loss_fn: SegmentationLoss, batch_images, batch_masks, contexts) -> StepLoss:
     """One update from one global batch: the loss normalises by the whole batch's valid pixels and
-    trainer.step divides by its size, so the update does not depend on how the batch is split."""
+    trainer.step divides by its size, so the update does not depend on how the batch is split.
+    Under float16 AMP the objectives are scaled before the backward (precision.scaled); the inputs and
+    parameters stay float32 (AMP casts inside the operators)."""
     counts = loss_fn.class_counts(batch_masks)
-    data = gluon.utils.split_and_load(batch_images.astype(dtype, copy=False), contexts, even_split=False)
+    data = gluon.utils.split_and_load(batch_images, contexts, even_split=False)
     labels = gluon.utils.split_and_load(batch_masks.astype(np.float32), contexts, even_split=False)
     with autograd.record():
         outputs = [net(x) for x in data]
         step_loss = loss_fn(outputs, labels, counts)
-    autograd.backward(step_loss.objectives)
+        objectives = scaled(step_loss.objectives, trainer)
+    autograd.backward(objectives)
     trainer.step(len(batch_images))
     return step_loss
 

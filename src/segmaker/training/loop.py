@@ -192,7 +192,6 @@ class _Run:
                 self.schedule,
                 plan,
                 stop,
-                self.config.precision_dtype,
             )
         completed = state.completed_iterations + stats.iterations
         if stats.iterations < remaining and not stop.is_set():

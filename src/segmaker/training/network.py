@@ -15,6 +15,7 @@ from segmaker import artifacts, models
 from segmaker.config import TrainingConfig
 from segmaker.environment import Paths
 from segmaker.training.job import TrainingJob
+from segmaker.training.precision import FLOAT16, init_mixed_precision
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ PRETRAINED_CHANNEL = "pretrained"
 def build_training_network(job: TrainingJob, contexts: List[mx.Context]) -> mx.gluon.HybridBlock:
     """The network at crop size (with the auxiliary head when aux_loss), weights loaded, on `contexts`."""
     config = job.config
+    if config.precision_dtype == FLOAT16:
+        init_mixed_precision()  # before the network is built: AMP patches the operators it is made of
     syncbn_devices = len(contexts) if config.syncbn and contexts[0].device_type == "gpu" else 0
     if config.syncbn and not syncbn_devices and len(contexts) > 1:
         log.warning("syncbn is set but training runs on CPU contexts: plain BatchNorm. %s", SYNCBN_ON_CPU)
@@ -50,8 +53,6 @@ def build_training_network(job: TrainingJob, contexts: List[mx.Context]) -> mx.g
     if config.aux_loss and config.aux_weight == 0:
         freeze_auxiliary_head(net)
     net.collect_params().reset_ctx(contexts)
-    if config.precision_dtype == "float16":
-        net.cast("float16")
     net.hybridize(static_alloc=True, static_shape=True)
     return net
 

@@ -5,6 +5,7 @@ from typing import Dict
 from mxnet import gluon
 
 from segmaker.config import TrainingConfig
+from segmaker.training.precision import FLOAT16, attach_loss_scaler
 
 # Parameter names whose weight decay is switched off: BatchNorm's scale/shift and every bias.
 NO_WEIGHT_DECAY_PATTERN = ".*gamma|.*beta|.*bias"
@@ -31,11 +32,18 @@ def exclude_norm_and_bias_from_weight_decay(net: gluon.Block) -> None:
 
 
 def make_trainer(net: gluon.Block, config: TrainingConfig, kvstore: str) -> gluon.Trainer:
+    """The trainer; under float16 AMP with its dynamic loss scaler and the update off the kvstore (the
+    overflow check must see the reduced gradients before anything is updated: precision.py)."""
     exclude_norm_and_bias_from_weight_decay(net)
-    multi_precision = config.precision_dtype == "float16"
-    return gluon.Trainer(
+    mixed = config.precision_dtype == FLOAT16
+    trainer = gluon.Trainer(
         net.collect_params(),
         config.optimizer,
-        optimizer_params(config, multi_precision),
+        # AMP keeps the parameters in float32: no float32 master copy needed.
+        optimizer_params(config, multi_precision=False),
         kvstore=kvstore,
+        update_on_kvstore=False if mixed else None,
     )
+    if mixed:
+        attach_loss_scaler(trainer)
+    return trainer

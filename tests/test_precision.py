@@ -1,0 +1,58 @@
+"""float16 mixed precision: what can be checked without a GPU (see README, "Mixed precision")."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mxnet as mx
+import pytest
+
+from segmaker.errors import UserError
+from segmaker.training.devices import check_precision
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_amp_dynamic_loss_scaling_through_our_step():
+    """In a fresh process (amp.init patches MXNet process-wide): our step under AMP scales the loss and
+    divides it out exactly (same weights as float32 after one step: the scale is a power of 2), skips the
+    update on an overflow and halves the scale, and doubles it after the window of clean steps."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]))
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "amp_scaling_check.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["initial_scale"] == 2.0**16
+    assert report["update_on_kvstore_requested"]["update_on_kvstore"] is False
+    assert report["first_step_max_difference_to_float32"] == 0.0
+    assert report["overflow_step_changed_weights"] is False
+    assert report["scale_after_overflow"] == 2.0**15
+    assert report["scale_used_after_overflow"] == 2.0**15
+    assert report["scale_after_two_clean_steps"] == 2.0**16
+
+
+def test_float16_is_refused_on_cpu_contexts_with_the_reason():
+    with pytest.raises(UserError, match="no float16 matrix product on the CPU"):
+        check_precision("float16", [mx.cpu()])
+    check_precision("float32", [mx.cpu()])
+
+
+def test_mxnet_cannot_run_a_float16_convolution_on_the_cpu():
+    """Why check_precision refuses float16 on the CPU; the day this passes there, revisit the refusal."""
+    code = (
+        "import mxnet as mx\n"
+        "from mxnet.contrib import amp\n"
+        "amp.init()\n"
+        "net = mx.gluon.nn.Conv2D(4, 3, in_channels=3)\n"
+        "net.initialize()\n"
+        "net(mx.nd.ones((1, 3, 8, 8))).wait_to_read()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "FP16 gemm on cpu not implemented" in result.stderr

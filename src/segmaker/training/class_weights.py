@@ -1,7 +1,9 @@
-"""The class weights the loss uses: none, the `class_weights` list, or `balanced` (median frequency)."""
+"""What training knows about the classes of its masks: the class weights the loss uses (none, the
+`class_weights` list, or `balanced` = median frequency) and the check after the first epoch that every class
+occurs."""
 
 import logging
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -37,3 +39,24 @@ def resolve_class_weights(config: TrainingConfig, feed: DataFeed) -> Optional[np
         ", ".join(f"{w:.4g}" for w in weights),
     )
     return weights
+
+
+def check_training_classes(class_pixels: Sequence[int], num_classes: int) -> None:
+    """After the first epoch: a UserError when the masks held nothing but class 0 and ignore (the job
+    could only learn to predict background), else a warning naming every class that never occurred."""
+    counts = list(class_pixels) + [0] * (num_classes - len(class_pixels))
+    if not any(counts[1:]):
+        raise UserError(
+            f"the training masks of the first epoch hold only class 0 ({counts[0]} pixels) and ignore (255):"
+            " nothing to learn but background. Check the label map: masks stored as 0/255 need"
+            ' {"map": {"0": 0, "1": 255}}, and num_classes must count the classes the masks encode'
+        )
+    absent = [str(c) for c in range(num_classes) if counts[c] == 0]
+    if absent:
+        log.warning(
+            "No training pixels of class %s in the first epoch (of %d classes): the network cannot learn"
+            " %s; check num_classes and the label map",
+            ", ".join(absent),
+            num_classes,
+            "it" if len(absent) == 1 else "them",
+        )

@@ -30,6 +30,11 @@ class EpochStats:
     loss_sum: float = 0.0
     seconds: float = 0.0
     last_lr: float = 0.0
+    class_pixels: Tuple[int, ...] = ()  # training pixels per class (ignore not counted)
+
+    def __post_init__(self):
+        # A checkpoint's JSON gives a list back.
+        object.__setattr__(self, "class_pixels", tuple(int(n) for n in self.class_pixels))
 
     def __add__(self, later: "EpochStats") -> "EpochStats":
         return EpochStats(
@@ -38,6 +43,7 @@ class EpochStats:
             self.loss_sum + later.loss_sum,
             self.seconds + later.seconds,
             later.last_lr if later.iterations else self.last_lr,
+            _add_counts(self.class_pixels, later.class_pixels),
         )
 
     @property
@@ -47,6 +53,12 @@ class EpochStats:
     @property
     def throughput(self) -> float:
         return self.images / max(self.seconds, 1e-9)
+
+
+def _add_counts(first: Tuple[int, ...], second: Tuple[int, ...]) -> Tuple[int, ...]:
+    if not first or not second:
+        return tuple(first or second)
+    return tuple(int(a) + int(b) for a, b in zip(first, second))
 
 
 @dataclass(frozen=True)
@@ -74,10 +86,13 @@ def train_one_epoch(
     progress = _Progress(plan)
     pending: Optional[StepLoss] = None
     loss_sum, images, done, lr = 0.0, 0, 0, schedule.at(plan.first_iteration)
+    class_pixels = np.zeros(loss_fn.num_classes, np.int64)
     for done, (batch_images, batch_masks) in enumerate(_limited(batches, plan.iterations), start=1):
         lr = schedule.at(plan.first_iteration + done - 1)
         trainer.set_learning_rate(lr)
-        step_loss = _step(net, trainer, loss_fn, batch_images, batch_masks, contexts)
+        counts = loss_fn.class_counts(batch_masks)
+        class_pixels += counts
+        step_loss = _step(net, trainer, loss_fn, batch_images, batch_masks, counts, contexts)
         # Reading the previous step's loss here (not this one's) keeps the device one step ahead of Python.
         if pending is not None:
             loss_sum += progress.record(pending.value(), images)
@@ -87,15 +102,14 @@ def train_one_epoch(
     if pending is not None:
         loss_sum += progress.record(pending.value(), images)
     mx.nd.waitall()
-    return EpochStats(done, images, loss_sum, progress.elapsed(), lr)
+    return EpochStats(done, images, loss_sum, progress.elapsed(), lr, tuple(int(n) for n in class_pixels))
 
 
-def _step(net, trainer, loss_fn: SegmentationLoss, batch_images, batch_masks, contexts) -> StepLoss:
+def _step(net, trainer, loss_fn: SegmentationLoss, batch_images, batch_masks, counts, contexts) -> StepLoss:
     """One update from one global batch: the loss normalises by the whole batch's valid pixels and
     trainer.step divides by its size, so the update does not depend on how the batch is split.
     Under float16 AMP the objectives are scaled before the backward (precision.scaled); the inputs and
     parameters stay float32 (AMP casts inside the operators)."""
-    counts = loss_fn.class_counts(batch_masks)
     data = gluon.utils.split_and_load(batch_images, contexts, even_split=False)
     labels = gluon.utils.split_and_load(batch_masks.astype(np.float32), contexts, even_split=False)
     with autograd.record():

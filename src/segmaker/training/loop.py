@@ -23,7 +23,7 @@ from segmaker import metrics, outputs
 from segmaker.data.order import DataOrder, draw_seed
 from segmaker.outputs import EpochRecord
 from segmaker.training.checkpoints import Checkpoint, CheckpointStore, TrainingState
-from segmaker.training.class_weights import resolve_class_weights
+from segmaker.training.class_weights import check_training_classes, resolve_class_weights
 from segmaker.training.devices import (
     WorkerRole,
     check_precision,
@@ -208,6 +208,8 @@ class _Run:
     def _end_epoch(self, epoch: int, state: TrainingState) -> TrainingState:
         """Validate, update early stopping and the best weights, report; the epoch joins the history."""
         stats = state.partial_epoch
+        if epoch == 0:
+            check_training_classes(stats.class_pixels, self.config.num_classes)
         validation_started = time.monotonic()
         matrix = self._validate()
         scores = matrix.scores() if matrix is not None else None

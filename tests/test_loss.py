@@ -250,3 +250,32 @@ def test_median_frequency_weights():
     weights = median_frequency_weights(np.array([90, 10, 0, 30]))
     # frequencies of the present classes: 90/130, 10/130, 30/130 -> median 30/130
     np.testing.assert_allclose(weights, [30 / 90, 30 / 10, 0.0, 1.0])
+
+
+def test_one_device_update_equals_gluoncvs_so_tuned_learning_rates_still_fit():
+    """The scale the README promises: on one device (no aux head: GluonCV weighs it 1 whatever aux_weight
+    says), SGD steps with our loss give the weights GluonCV's MixSoftmaxCrossEntropyLoss gives."""
+    from gluoncv.loss import MixSoftmaxCrossEntropyLoss
+
+    def fresh():
+        mx.random.seed(9)
+        net = TwoHeads(3)
+        net.initialize(mx.init.Normal(0.5))
+        trainer = gluon.Trainer(net.main.collect_params(), "sgd", {"learning_rate": 0.1, "momentum": 0.9})
+        return net, trainer
+
+    ours, ours_trainer = fresh()
+    run_steps(ours, ours_trainer, SegmentationLoss(3, aux_weight=0.0), [mx.cpu()], steps=3)
+    theirs, theirs_trainer = fresh()
+    gluoncv_loss = MixSoftmaxCrossEntropyLoss(aux=False)
+    schedule = LearningRateSchedule(0.1, "poly", total_iterations=100)  # as run_steps
+    for iteration, (images, masks) in enumerate(batches(3)):
+        theirs_trainer.set_learning_rate(schedule.at(iteration))
+        labels = np.where(masks == IGNORE, -1, masks).astype(np.float32)
+        with autograd.record():
+            loss = gluoncv_loss(theirs(mx.nd.array(images))[0], mx.nd.array(labels))
+        loss.backward()
+        theirs_trainer.step(len(images))
+    np.testing.assert_allclose(
+        ours.main.weight.data().asnumpy(), theirs.main.weight.data().asnumpy(), rtol=1e-5, atol=1e-6
+    )

@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))  # for tests.synthetic, the shared synthetic-data 
 
 from segmaker import environment  # noqa: E402
 from segmaker.config import parse_hyperparameters  # noqa: E402
+from segmaker.data.order import DataOrder  # noqa: E402
 from segmaker.training.devices import training_contexts, visible_gpu_count  # noqa: E402
 from segmaker.training.epoch import EpochPlan, train_one_epoch  # noqa: E402
 from segmaker.training.feed import DataFeed, find_training_data  # noqa: E402
@@ -110,9 +111,10 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-training-") as scratch:
         job = make_job(Path(scratch), args)
         trainer = Trainer(job, contexts)
-        with DataFeed(job.config, find_training_data(job)) as feed:
+        order = DataOrder(seed=1, batch_size=job.config.mini_batch_size)
+        with DataFeed(job.config, find_training_data(job, order.seed), order) as feed:
             total = args.warmup + args.rounds * args.iterations
-            with closing(feed.train_batches(0, total)) as batches:
+            with closing(feed.train_batches(0, 0, total)) as batches:
                 trainer.run(batches, args.warmup)  # starts the data workers and builds the graph
                 # Alternating the two measurements spreads a busy machine's noise over both alike.
                 for _ in range(args.rounds):

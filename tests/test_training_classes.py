@@ -56,3 +56,18 @@ def test_a_job_whose_masks_hold_only_background_fails_with_that_reason(tmp_path,
     assert cli.main(["train"]) == cli.EXIT_USER_ERROR
     assert "hold only class 0" in paths.failure_file.read_text()
     assert "class_weights = balanced: pixels per class [" in capsys.readouterr().out
+
+
+def test_balanced_weights_are_refused_in_pipe_mode_with_the_formula():
+    from types import SimpleNamespace
+
+    from segmaker.config import parse_hyperparameters
+    from segmaker.training.class_weights import resolve_class_weights
+
+    pipe_feed = SimpleNamespace(data=SimpleNamespace(train=SimpleNamespace(files=None)))
+    config = parse_hyperparameters({"num_classes": 2, "class_weights": "balanced"})
+    with pytest.raises(UserError, match=r"needs the train channel in File mode.*median\(f\) / f_c"):
+        resolve_class_weights(config, pipe_feed)
+    listed = parse_hyperparameters({"num_classes": 2, "class_weights": "1,4"})
+    assert resolve_class_weights(listed, pipe_feed).tolist() == [1.0, 4.0]
+    assert resolve_class_weights(parse_hyperparameters({"num_classes": 2}), pipe_feed) is None

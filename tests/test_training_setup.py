@@ -27,12 +27,19 @@ def test_float16_on_the_cpu_is_a_user_error(tmp_path, train):
     assert "precision_dtype float16 needs GPUs" in paths.failure_file.read_text()
 
 
-def test_several_hosts_are_refused_naming_them(tmp_path, train):
+def test_a_parameter_server_kvstore_on_one_host_is_a_user_error(tmp_path, train):
+    paths = write_opt_ml(tmp_path, train=2, validation=0, hyperparameters=dict(FAST, kvstore="dist_sync"))
+    assert train(paths) == cli.EXIT_USER_ERROR
+    assert "kvstore dist_sync needs several hosts (instance_count >= 2)" in paths.failure_file.read_text()
+
+
+def test_a_host_that_never_resolves_fails_the_job_naming_it(tmp_path, train, monkeypatch):
+    monkeypatch.setenv("SEGMAKER_HOST_WAIT_SECONDS", "0.5")
     paths = write_opt_ml(tmp_path, train=2, validation=0, hyperparameters=FAST)
-    resources = {"current_host": "algo-2", "hosts": ["algo-1", "algo-2"]}
+    resources = {"current_host": "localhost", "hosts": ["localhost", "algo-9.invalid"]}
     paths.resource_config_file.write_text(json.dumps(resources))
     assert train(paths) == cli.EXIT_USER_ERROR
-    assert "algo-1, algo-2" in paths.failure_file.read_text()
+    assert "host algo-9.invalid could not be resolved within 0 s" in paths.failure_file.read_text()
 
 
 def test_missing_pretrained_weights_name_every_place_looked_in(tmp_path, train, monkeypatch):

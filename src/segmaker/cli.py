@@ -13,6 +13,7 @@ This is the one place that decides exit codes, writes `output/failure` and insta
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -83,10 +84,16 @@ def configure_logging(level: int = logging.INFO) -> None:
 def _train_command(_args: argparse.Namespace) -> int:
     paths = environment.paths_from_env()
     stop_requested = threading.Event()
-    return run_and_report(paths, lambda: _train(paths, stop_requested), stop_requested)
+    ended_cluster = threading.Event()
+    code = run_and_report(paths, lambda: _train(paths, stop_requested, ended_cluster), stop_requested)
+    if ended_cluster.is_set():
+        # A multi-host job that failed: the parameter-server client must not run its destructor at
+        # interpreter exit (it would wait for the other hosts forever in ps::Finalize).
+        _end_process(code)
+    return code
 
 
-def _train(paths: environment.Paths, stop_requested: threading.Event) -> bool:
+def _train(paths: environment.Paths, stop_requested: threading.Event, ended_cluster: threading.Event) -> bool:
     """Run the job; True when it ran to its end, False when a stop request cut it short."""
     from segmaker.config import parse_hyperparameters
 
@@ -103,7 +110,48 @@ def _train(paths: environment.Paths, stop_requested: threading.Event) -> bool:
         cpu_devices=environment.cpu_device_count(),
         mxnet_home=environment.mxnet_home(),
     )
-    return train(job, stop_requested).completed
+    if job.resources.world_size == 1:
+        return train(job, stop_requested).completed
+    return _train_on_hosts(job, stop_requested, ended_cluster)
+
+
+def _train_on_hosts(job, stop_requested: threading.Event, ended_cluster: threading.Event) -> bool:
+    """Several hosts: join the parameter server, train, and leave together (or tell the others why not)."""
+    from segmaker.training import distributed, train
+
+    settings = environment.read_distributed_settings()
+    cluster = distributed.connect_job(job, settings, _peer_failed(job.paths))
+    try:
+        completed = train(job, stop_requested, cluster).completed
+    except BaseException as exc:
+        ended_cluster.set()
+        cluster.fail(failure_reason(exc))
+        raise
+    cluster.close()
+    return completed
+
+
+def _peer_failed(paths: environment.Paths) -> Callable[[str], None]:
+    def fail_now(reason: str) -> None:
+        # Called from a watcher thread while the main thread may be blocked inside MXNet: end here.
+        write_failure(paths, reason)
+        _end_process(EXIT_USER_ERROR)
+
+    return fail_now
+
+
+def _end_process(code: int) -> None:
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What the failure file says: a user error's message, else an internal error with its type."""
+    if isinstance(exc, UserError):
+        return str(exc)
+    return f"Internal error: {type(exc).__name__}: {exc}"
 
 
 def run_and_report(
@@ -123,7 +171,7 @@ def run_and_report(
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - every other exception is by definition a bug of ours
         log.error("Internal error\n%s", traceback.format_exc())
-        write_failure(paths, f"Internal error: {type(exc).__name__}: {exc}")
+        write_failure(paths, failure_reason(exc))
         return EXIT_INTERNAL_ERROR
     finally:
         signal.signal(signal.SIGTERM, previous)

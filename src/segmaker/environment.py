@@ -171,6 +171,56 @@ def read_resource_config(paths: Paths) -> ResourceConfig:
     return ResourceConfig(current, hosts, raw.get("network_interface_name"))
 
 
+@dataclass(frozen=True)
+class DistributedSettings:
+    """How the hosts of a multi-host job find each other (SEGMAKER_* overrides, for tests and odd networks).
+
+    `ps_port`: the scheduler's port on the first host (the SageMaker MXNet toolkit's default, 8000);
+    `status_port`: each host's failure-notice port (our own side channel, see training.distributed);
+    `host_wait_seconds`: how long hosts may take to resolve and to join (the toolkit's 15 minutes);
+    `node_host`: the address this host announces (default: the address of `network_interface_name`).
+    """
+
+    ps_port: int = 8000
+    status_port: int = 8001
+    host_wait_seconds: float = 900.0
+    node_host: Optional[str] = None
+
+
+def read_distributed_settings(environ: Optional[Mapping[str, str]] = None) -> DistributedSettings:
+    env = os.environ if environ is None else environ
+    return DistributedSettings(
+        ps_port=_positive_int(env, "SEGMAKER_PS_PORT", 8000),
+        status_port=_positive_int(env, "SEGMAKER_STATUS_PORT", 8001),
+        host_wait_seconds=_positive_float(env, "SEGMAKER_HOST_WAIT_SECONDS", 900.0),
+        node_host=env.get("SEGMAKER_NODE_HOST") or None,
+    )
+
+
+def dmlc_environment(
+    role: str, scheduler_address: str, num_hosts: int, settings: DistributedSettings, interface: Optional[str]
+) -> Dict[str, str]:
+    """The variables MXNet's parameter server (ps-lite) reads, as the SageMaker MXNet toolkit sets them:
+    one scheduler, one server and one worker per host."""
+    env = {
+        "DMLC_ROLE": role,
+        "DMLC_PS_ROOT_URI": scheduler_address,
+        "DMLC_PS_ROOT_PORT": str(settings.ps_port),
+        "DMLC_NUM_SERVER": str(num_hosts),
+        "DMLC_NUM_WORKER": str(num_hosts),
+    }
+    if interface:
+        env["DMLC_INTERFACE"] = interface
+    if settings.node_host:
+        env["DMLC_NODE_HOST"] = settings.node_host
+    return env
+
+
+def set_process_environment(values: Mapping[str, str]) -> None:
+    """Export `values` into this process's environment (ps-lite reads them with getenv when it starts)."""
+    os.environ.update(values)
+
+
 def checkpoint_dir(paths: Paths) -> Optional[Path]:
     """Where to write checkpoints: set when the job has a checkpoint config or the folder exists."""
     if paths.checkpoint_config_file.exists():

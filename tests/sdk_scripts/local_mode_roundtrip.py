@@ -3,6 +3,7 @@
 Runs in the SDK's own venv (never the mxnet one), started by tests/test_sdk_local_mode.py:
 
     python local_mode_roundtrip.py --image segmaker:cpu --data DIR --work DIR --jpeg FILE --port PORT
+    python local_mode_roundtrip.py ... --instance-count 2 --fit-only     # a multi-host fit, no endpoint
 
 No AWS call is made: dummy credentials and a region come from the environment, channels and output are file://.
 Prints one JSON line last: {"model_tar": ..., "model_files": [...], "mask_size": [w, h], "png_bytes": n}.
@@ -47,7 +48,7 @@ def train(args: argparse.Namespace, session: LocalSession) -> Estimator:
     estimator = Estimator(
         image_uri=args.image,
         role=DUMMY_ROLE,
-        instance_count=1,
+        instance_count=args.instance_count,
         instance_type="local",
         hyperparameters=HYPERPARAMETERS,
         output_path=f"file://{args.work / 'output'}",
@@ -89,10 +90,15 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--work", required=True, type=Path)
     parser.add_argument("--jpeg", required=True, type=Path)
     parser.add_argument("--port", required=True, type=int)
+    parser.add_argument("--instance-count", type=int, default=1)
+    parser.add_argument("--fit-only", action="store_true", help="stop after fit (no endpoint)")
     args = parser.parse_args(argv)
 
     estimator = train(args, local_session(args.work, args.port))
     tar_path, files = model_files(estimator.model_data)
+    if args.fit_only:
+        print(json.dumps({"model_tar": tar_path, "model_files": files}))
+        return 0
     mask = predict_once(estimator, args.jpeg.read_bytes())
     result: Dict[str, object] = {
         "model_tar": tar_path,

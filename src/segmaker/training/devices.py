@@ -30,13 +30,7 @@ class WorkerRole:
 
 
 def worker_role(resource_config: ResourceConfig) -> WorkerRole:
-    """The role from `environment.ResourceConfig`; one host is all this version trains on."""
-    if resource_config.world_size > 1:
-        hosts = ", ".join(resource_config.hosts)
-        raise UserError(
-            f"multi-host training is not supported yet: the job has {resource_config.world_size} hosts"
-            f" ({hosts}); use instance_count=1"
-        )
+    """The role from `environment.ResourceConfig`: rank = position in the sorted host list, algo-1 is main."""
     return WorkerRole(resource_config.rank, resource_config.world_size, resource_config.current_host)
 
 
@@ -47,12 +41,35 @@ def training_contexts(num_gpus: int, cpu_devices: int) -> List[mx.Context]:
     return [mx.cpu(i) for i in range(cpu_devices)]
 
 
-def resolve_kvstore(requested: str, contexts: List[mx.Context]) -> str:
-    """`auto`: reduce on the GPUs when there are several, else in host memory."""
-    if requested != "auto":
-        return requested
-    gpu_count = sum(1 for ctx in contexts if ctx.device_type == "gpu")
-    return "device" if gpu_count > 1 else "local"
+DIST_KVSTORES = ("dist_sync", "dist_device_sync", "dist_async")
+
+
+def resolve_kvstore(requested: str, contexts: List[mx.Context], world_size: int = 1) -> str:
+    """The kvstore type. `auto`: on one host, reduce on the GPUs when there are several, else in host
+    memory; on several hosts, MXNet's parameter server (`dist_device_sync` with GPUs, else `dist_sync`)."""
+    has_gpus = any(ctx.device_type == "gpu" for ctx in contexts)
+    if requested == "auto":
+        if world_size > 1:
+            return "dist_device_sync" if has_gpus else "dist_sync"
+        gpu_count = sum(1 for ctx in contexts if ctx.device_type == "gpu")
+        return "device" if gpu_count > 1 else "local"
+    if requested in DIST_KVSTORES and world_size == 1:
+        raise UserError(
+            f"kvstore {requested} needs several hosts (instance_count >= 2), but this job runs on one;"
+            " use kvstore auto, local or device"
+        )
+    if requested not in DIST_KVSTORES and world_size > 1:
+        raise UserError(
+            f"kvstore {requested} reduces gradients within one host, but this job runs on {world_size} hosts;"
+            " use kvstore auto, dist_sync or dist_device_sync"
+        )
+    if requested == "dist_async":
+        raise UserError(
+            "kvstore dist_async is not supported: its servers apply each host's gradient with an optimizer"
+            " pickled to them once, so segmaker's per-iteration learning-rate schedule and global-batch loss"
+            " cannot reach them; use kvstore dist_sync or dist_device_sync (or auto)"
+        )
+    return requested
 
 
 def check_precision(precision_dtype: str, contexts: List[mx.Context]) -> None:

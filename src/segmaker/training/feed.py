@@ -74,17 +74,20 @@ class TrainingData:
         return f"training samples streamed from Pipe-mode channel {self.train.pipe.channel!r}"
 
 
-def find_training_data(job: TrainingJob, data_seed: int) -> TrainingData:
+def find_training_data(job: TrainingJob, data_seed: int, rank: int = 0, world_size: int = 1) -> TrainingData:
     """The train and validation splits of the job's channels, in File or Pipe mode.
 
     Every host gets the whole train split: each takes its slice of every global batch (see DataFeed).
     `data_seed` seeds the Pipe-mode shuffle buffer, so every host shuffles a stream alike.
+    Validation is shared out among the hosts (every world_size-th sample from `rank`, none dropped: the
+    confusion matrices summed over the hosts count every pixel once), unless S3 already split the channel
+    (`S3DistributionType` ShardedByS3Key): then each host validates its whole share.
     """
     num_classes = job.config.num_classes
     label_dir = label_map_dir(job.paths)
     validation = None
     if _is_pipe(job.channels, "validation") or has_split(job.paths, "validation"):
-        validation = _split(job, "validation", data_seed)
+        validation = _split(job, "validation", data_seed, *_validation_share(job, rank, world_size))
     return TrainingData(
         train=_split(job, "train", data_seed),
         validation=validation,
@@ -93,10 +96,17 @@ def find_training_data(job: TrainingJob, data_seed: int) -> TrainingData:
     )
 
 
-def _split(job: TrainingJob, name: str, data_seed: int) -> Split:
+def _split(job: TrainingJob, name: str, data_seed: int, rank: int = 0, world_size: int = 1) -> Split:
     if _is_pipe(job.channels, name):
-        return Split(pipe=PipeChannel(job.paths, name, 0, 1, _shuffle_buffer(name), data_seed))
-    return Split(files=find_file_samples(job.paths, name))
+        return Split(pipe=PipeChannel(job.paths, name, rank, world_size, _shuffle_buffer(name), data_seed))
+    return Split(files=find_file_samples(job.paths, name)[rank::world_size])
+
+
+def _validation_share(job: TrainingJob, rank: int, world_size: int) -> Tuple[int, int]:
+    channel = job.channels.get("validation")
+    if channel is not None and (channel.s3_distribution_type or "").lower() == "shardedbys3key":
+        return 0, 1
+    return rank, world_size
 
 
 def _is_pipe(channels: Dict[str, object], name: str) -> bool:

@@ -25,13 +25,13 @@ from segmaker.outputs import EpochRecord
 from segmaker.training.checkpoints import Checkpoint, CheckpointStore, TrainingState
 from segmaker.training.class_weights import check_training_classes, resolve_class_weights
 from segmaker.training.devices import (
-    WorkerRole,
     check_precision,
     resolve_kvstore,
     training_contexts,
     visible_gpu_count,
     worker_role,
 )
+from segmaker.training.distributed import Cluster
 from segmaker.training.early_stopping import EarlyStoppingRule, EarlyStoppingState
 from segmaker.training.epoch import EpochPlan, EpochStats, train_one_epoch
 from segmaker.training.feed import DataFeed, TrainingData, find_training_data, iterations_per_epoch
@@ -48,24 +48,31 @@ log = logging.getLogger(__name__)
 PLOTTED_EXAMPLES = 4
 
 
-def train(job: TrainingJob, stop_requested: threading.Event) -> TrainingResult:
-    """Train as the job says; on a stop request save a checkpoint and the best model so far, and return."""
+def train(
+    job: TrainingJob, stop_requested: threading.Event, cluster: Optional[Cluster] = None
+) -> TrainingResult:
+    """Train as the job says; on a stop request save a checkpoint and the best model so far, and return.
+
+    `cluster`: this host's place in a multi-host job (training.distributed); None on one host."""
     config = job.config
-    role = worker_role(job.resources)
+    cluster = cluster or Cluster(worker_role(job.resources))
+    role = cluster.role
     gpus = visible_gpu_count() if job.num_gpus is None else job.num_gpus
     contexts = training_contexts(gpus, job.cpu_devices)
     check_precision(config.precision_dtype, contexts)
     store = CheckpointStore(job.checkpoint_dir, config.to_json_dict()) if job.checkpoint_dir else None
     checkpoint = store.latest() if store else None
-    order = DataOrder(data_seed(config.seed, checkpoint), config.mini_batch_size, role.rank, role.world_size)
+    # Every host must draw its batches from the same order: the main host's seed wins.
+    seed = cluster.broadcast_integer("data-seed", data_seed(config.seed, checkpoint))
+    order = DataOrder(seed, config.mini_batch_size, role.rank, role.world_size)
     _seed(order.seed)
-    data = find_training_data(job, order.seed)
+    data = find_training_data(job, order.seed, role.rank, role.world_size)
     per_epoch = iterations_per_epoch(config.num_training_samples, data.train.size, config.mini_batch_size)
     _log_plan(config, contexts, data, per_epoch)
     net = build_training_network(job, contexts)
     with DataFeed(config, data, order, keep_examples=PLOTTED_EXAMPLES) as feed:
         with tempfile.TemporaryDirectory(prefix="segmaker-") as scratch:
-            run = _Run(job, role, contexts, net, feed, per_epoch, Path(scratch), store)
+            run = _Run(job, cluster, contexts, net, feed, per_epoch, Path(scratch), store)
             return run.run(stop_requested, checkpoint)
 
 
@@ -111,7 +118,7 @@ class _Run:
     def __init__(
         self,
         job: TrainingJob,
-        role: WorkerRole,
+        cluster: Cluster,
         contexts,
         net,
         feed: DataFeed,
@@ -120,11 +127,19 @@ class _Run:
         store: Optional[CheckpointStore],
     ):
         config = job.config
-        self.job, self.config, self.role, self.contexts = job, config, role, contexts
+        self.job, self.config, self.contexts = job, config, contexts
+        self.cluster, self.role = cluster, cluster.role
         self.net, self.feed, self.per_epoch = net, feed, per_epoch
-        self.trainer = make_trainer(net, config, resolve_kvstore(config.kvstore, contexts))
+        kvstore = cluster.kvstore or resolve_kvstore(config.kvstore, contexts, self.role.world_size)
+        self.trainer = make_trainer(net, config, kvstore, hosts=self.role.world_size)
         weights = resolve_class_weights(config, feed)
-        self.loss = SegmentationLoss(config.num_classes, config.loss, weights, aux_weight=config.aux_weight)
+        self.loss = SegmentationLoss(
+            config.num_classes,
+            config.loss,
+            weights,
+            aux_weight=config.aux_weight,
+            global_sum=cluster.loss_statistics_sum,
+        )
         self.schedule = schedule_for(config, per_epoch)
         self.rule = EarlyStoppingRule.from_config(config)
         self.validator = Validator(config, contexts) if feed.data.has_validation else None
@@ -133,7 +148,13 @@ class _Run:
         self.store = store
 
     def run(self, stop_requested: threading.Event, checkpoint: Optional[Checkpoint]) -> TrainingResult:
+        """`stop_requested` is this host's SIGTERM flag; on several hosts the loop acts on `self.stop`, set
+        on every host at the same iteration when any host's flag is (see Cluster.agreed_batches)."""
+        self.local_stop = stop_requested
+        self.stop = threading.Event() if self.cluster.is_distributed else stop_requested
+        stop_requested = self.stop
         state = self._resume(checkpoint)
+        self.cluster.broadcast_parameters(self.net)
         while len(state.history) < self.config.epochs and not state.early_stopping.should_stop(self.rule):
             epoch = len(state.history)
             state = self._train_rest_of_epoch(epoch, state, stop_requested)
@@ -183,6 +204,7 @@ class _Run:
         plan = EpochPlan(epoch, state.completed_iterations, remaining, self.per_epoch)
         first = state.completed_iterations - epoch * self.per_epoch
         with closing(self.feed.train_batches(epoch, first, remaining)) as batches:
+            batches = self.cluster.agreed_batches(batches, self.local_stop, self.stop)
             stats = train_one_epoch(
                 self.net,
                 self.trainer,
@@ -193,6 +215,7 @@ class _Run:
                 plan,
                 stop,
             )
+        stats = self._whole_job(stats)
         completed = state.completed_iterations + stats.iterations
         if stats.iterations < remaining and not stop.is_set():
             log.warning(
@@ -204,6 +227,23 @@ class _Run:
             )
             completed = (epoch + 1) * self.per_epoch  # keep the schedule on its epoch boundaries
         return replace(state, completed_iterations=completed, partial_epoch=state.partial_epoch + stats)
+
+    def _whole_job(self, stats: EpochStats) -> EpochStats:
+        """On several hosts, what the whole job measured: images and class pixels summed (so the checks
+        on classes without pixels decide alike everywhere), and the loss as the mean of the hosts' means
+        (every host trained on an equal slice of each global batch)."""
+        if not self.cluster.is_distributed:
+            return stats
+        loss_sum, images = self.cluster.sum_floats("epoch-loss", np.array([stats.loss_sum, stats.images]))
+        pixels = stats.class_pixels
+        if pixels:  # empty on every host alike: the hosts ran the same iterations
+            pixels = tuple(self.cluster.sum_integers("class-pixels", np.array(pixels)).tolist())
+        return replace(
+            stats,
+            loss_sum=float(loss_sum) / self.role.world_size,
+            images=int(round(images)),
+            class_pixels=pixels,
+        )
 
     def _end_epoch(self, epoch: int, state: TrainingState) -> TrainingState:
         """Validate, update early stopping and the best weights, report; the epoch joins the history."""
@@ -243,7 +283,12 @@ class _Run:
         if self.validator is None:
             return None
         self.validator.load_weights_from(self.net)
-        return self.validator.evaluate(self.feed.validation_batches())
+        matrix = self.validator.evaluate(self.feed.validation_batches())
+        # Each host validated its share: the sum of the counts is the exact matrix of the whole set, known to
+        # every host, so early stopping decides alike everywhere. A stop asked meanwhile is agreed here.
+        matrix.counts = self.cluster.sum_integers("confusion", matrix.counts)
+        self.cluster.agree_on_stop(self.local_stop, self.stop)
+        return matrix
 
     def _report(self, record: EpochRecord, scores: Optional[Dict[str, float]]) -> None:
         host, epoch = self.role.host, record.epoch
@@ -254,6 +299,8 @@ class _Run:
         if scores is not None:
             lines += [metrics.validation_line(host, epoch, name, value) for name, value in scores.items()]
         lines.append(metrics.progress_line(host, epoch + 1, self.config.epochs))
+        if not self.role.is_main:
+            return  # one voice: the metric lines of a multi-host job come from algo-1 only
         # The metric lines go to stdout bare (no timestamp prefix), byte for byte as the built-in prints them.
         print("\n".join(lines), flush=True)
 

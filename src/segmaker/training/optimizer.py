@@ -31,19 +31,38 @@ def exclude_norm_and_bias_from_weight_decay(net: gluon.Block) -> None:
         param.wd_mult = 0.0
 
 
-def make_trainer(net: gluon.Block, config: TrainingConfig, kvstore: str) -> gluon.Trainer:
+class GlobalBatchTrainer(gluon.Trainer):
+    """On several hosts, `step(batch_size)` is given this host's share of the global batch while the
+    kvstore hands back the gradient summed over every host: divide by the global batch (the order gives
+    every host an equal share: mini_batch_size is a multiple of the host count)."""
+
+    def __init__(self, *args, hosts: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hosts = hosts
+
+    def step(self, batch_size, ignore_stale_grad=False):
+        super().step(batch_size * self.hosts, ignore_stale_grad)
+
+
+def make_trainer(net: gluon.Block, config: TrainingConfig, kvstore, hosts: int = 1) -> gluon.Trainer:
     """The trainer; under float16 AMP with its dynamic loss scaler and the update off the kvstore (the
-    overflow check must see the reduced gradients before anything is updated: precision.py)."""
+    overflow check must see the reduced gradients before anything is updated: precision.py).
+
+    `kvstore`: a type name, or on several hosts the dist kvstore object, which then only sums gradients
+    (update_on_kvstore=False): every worker runs the optimizer itself, so the learning rate it sets each
+    iteration is the one applied (servers given the optimizer would keep the one pickled to them first)."""
     exclude_norm_and_bias_from_weight_decay(net)
     mixed = config.precision_dtype == FLOAT16
-    trainer = gluon.Trainer(
-        net.collect_params(),
-        config.optimizer,
+    arguments = dict(
         # AMP keeps the parameters in float32: no float32 master copy needed.
-        optimizer_params(config, multi_precision=False),
+        optimizer_params=optimizer_params(config, multi_precision=False),
         kvstore=kvstore,
-        update_on_kvstore=False if mixed else None,
+        update_on_kvstore=False if mixed or hosts > 1 else None,
     )
+    if hosts > 1:
+        trainer = GlobalBatchTrainer(net.collect_params(), config.optimizer, hosts=hosts, **arguments)
+    else:
+        trainer = gluon.Trainer(net.collect_params(), config.optimizer, **arguments)
     if mixed:
         attach_loss_scaler(trainer)
     return trainer

@@ -1,0 +1,166 @@
+"""Two-host `segmaker train` jobs as local processes: 127.0.0.1 and 127.0.0.2 play algo-1 and algo-2, each
+with its own /opt/ml tree and resourceconfig.json, as SageMaker lays them out."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+
+from segmaker.environment import Paths
+from segmaker.outputs import read_metrics
+from tests.docker_helpers import free_port
+from tests.synthetic import write_opt_ml
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+HOSTS = ["127.0.0.1", "127.0.0.2"]
+HYPERPARAMETERS = {
+    "use_pretrained_model": "False",
+    "crop_size": 32,
+    "base_size": 48,
+    "epochs": 1,
+    "mini_batch_size": 4,
+    "validation_mini_batch_size": 2,
+    "data_workers": 1,
+    "seed": 3,
+    "learning_rate": 0.05,
+}
+
+
+def host_tree(base: Path, host: Optional[str], **hyperparameters) -> Paths:
+    """A host's /opt/ml: the same data everywhere (a FullyReplicated channel); resourceconfig.json names
+    the host among HOSTS (none for a one-host job)."""
+    paths = write_opt_ml(
+        base, train=8, validation=5, hyperparameters=dict(HYPERPARAMETERS, **hyperparameters)
+    )
+    if host is not None:
+        resources = {"current_host": host, "hosts": HOSTS, "network_interface_name": "lo"}
+        paths.resource_config_file.write_text(json.dumps(resources))
+    return paths
+
+
+STARTED: List[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftovers():
+    """A failed test must not leave hosts waiting on each other (their nodes die with them)."""
+    yield
+    while STARTED:
+        STARTED.pop().kill()
+
+
+def start(paths: Paths, host: Optional[str], ports: Dict[str, int], **environ) -> subprocess.Popen:
+    env = dict(
+        os.environ,
+        SAGEMAKER_BASE_DIR=str(paths.base),
+        SEGMAKER_PS_PORT=str(ports["ps"]),
+        SEGMAKER_STATUS_PORT=str(ports["status"]),
+        PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]),
+        **environ,
+    )
+    if host is not None:
+        env["SEGMAKER_NODE_HOST"] = host
+    log = open(paths.base / "train.log", "wb")  # noqa: SIM115 - closed by the OS when the child ends
+    process = subprocess.Popen([sys.executable, "-m", "segmaker", "train"], env=env, stdout=log, stderr=log)
+    STARTED.append(process)
+    return process
+
+
+def log_of(paths: Paths) -> str:
+    return (paths.base / "train.log").read_text(errors="replace")
+
+
+def wait_all(processes: List[subprocess.Popen], timeout: float) -> List[int]:
+    deadline = time.monotonic() + timeout
+    return [p.wait(timeout=max(1.0, deadline - time.monotonic())) for p in processes]
+
+
+@pytest.fixture
+def ports() -> Dict[str, int]:
+    return {"ps": free_port(), "status": free_port()}
+
+
+def test_two_hosts_train_as_one_host_with_two_devices(tmp_path, ports):
+    """Proves: a two-host job ends on both hosts with exit 0; only algo-1 prints metric lines and writes
+    model/ and output/data; and it trains as ONE host splitting the same global batch over two devices
+    (SEGMAKER_CPU_DEVICES=2: same slices, same per-device BatchNorm): validation metrics (sharded, confusion
+    matrices summed) and train loss within 2 %. Not bit-equal: the FCN head's Dropout draws the two
+    devices' masks from one CPU generator in turn, while each host draws from the start of its own."""
+    trees = [host_tree(tmp_path / host, host) for host in HOSTS]
+    alone = host_tree(tmp_path / "alone", None)
+    jobs = [start(paths, host, ports) for paths, host in zip(trees, HOSTS)]
+    jobs.append(start(alone, None, ports, SEGMAKER_CPU_DEVICES="2"))
+    codes = wait_all(jobs, timeout=900)
+    assert codes == [0, 0, 0], [log_of(paths)[-3000:] for paths in trees + [alone]]
+
+    main, other = trees
+    assert (main.model_dir / "model_algo-1").is_file() and (main.output_data_dir / "metrics.json").is_file()
+    assert not (other.model_dir / "model_algo-1").exists()
+    assert not (other.output_data_dir / "metrics.json").exists()
+    assert "validation mIOU" in log_of(main) and "#quality_metric" not in log_of(other)
+
+    together, single = read_metrics(main.output_data_dir), read_metrics(alone.output_data_dir)
+    assert [r.epoch for r in together] == [r.epoch for r in single] == [0]
+    for a, b in zip(together, single):
+        assert a.mIOU == pytest.approx(b.mIOU, rel=0.02)
+        assert a.pixel_accuracy == pytest.approx(b.pixel_accuracy, rel=0.02)
+        assert a.train_loss == pytest.approx(b.train_loss, rel=0.02)
+
+
+def test_a_host_with_unreadable_data_fails_the_job_on_every_host_with_its_reason(tmp_path, ports):
+    """Proves: a data error on algo-2 ends algo-2 with its own reason (the file) and algo-1 within a
+    minute with a failure file naming algo-2 and that reason; nobody waits at a barrier forever."""
+    trees = [host_tree(tmp_path / host, host) for host in HOSTS]
+    for image in trees[1].channel_dir("train").iterdir():
+        image.write_bytes(b"not an image")  # algo-2's copy of the data is unreadable (algo-1's is fine)
+    started = time.monotonic()
+    codes = wait_all([start(paths, host, ports) for paths, host in zip(trees, HOSTS)], timeout=600)
+    assert codes == [1, 1], [log_of(paths)[-3000:] for paths in trees]
+    own = trees[1].failure_file.read_text()
+    broken = next(p.name for p in trees[1].channel_dir("train").iterdir() if p.name in own)
+    reason = trees[0].failure_file.read_text()
+    assert "host 127.0.0.2 failed" in reason and broken in reason
+    assert time.monotonic() - started < 600
+
+
+def test_a_host_killed_mid_epoch_fails_the_others_naming_it(tmp_path, ports):
+    """Proves: SIGKILL of algo-2's worker (its parameter-server server dies with it) makes algo-1 fail
+    with a reason naming algo-2 within a minute of the kill, instead of hanging in a push."""
+    trees = [host_tree(tmp_path / host, host, epochs=50) for host in HOSTS]
+    jobs = [start(paths, host, ports) for paths, host in zip(trees, HOSTS)]
+    _wait_for(lambda: "epoch 0 iteration 1/" in log_of(trees[1]), timeout=600)
+    jobs[1].send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    assert jobs[0].wait(timeout=180) == 1
+    assert time.monotonic() - killed < 90
+    assert "host 127.0.0.2 stopped answering" in trees[0].failure_file.read_text()
+
+
+def test_sigterm_to_every_host_stops_them_at_the_same_iteration(tmp_path, ports):
+    """Proves: SIGTERM to both hosts (as SageMaker's stop sends it) ends both with 143 and no failure
+    file, algo-1 having written the model directory, and both logs end at the same iteration."""
+    trees = [host_tree(tmp_path / host, host, epochs=50) for host in HOSTS]
+    jobs = [start(paths, host, ports) for paths, host in zip(trees, HOSTS)]
+    _wait_for(lambda: all("epoch 0 iteration 1/" in log_of(paths) for paths in trees), timeout=600)
+    for job in jobs:
+        job.send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
+    assert wait_all(jobs, timeout=120) == [143, 143], [log_of(paths)[-3000:] for paths in trees]
+    assert time.monotonic() - stopped < 120
+    assert (trees[0].model_dir / "model_algo-1").is_file()
+    assert not any(paths.failure_file.exists() for paths in trees)
+
+
+def _wait_for(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.5)

@@ -52,6 +52,8 @@ def one_class_miou(mask_dir: Path, label_of=lambda m: m) -> float:
 
 def assert_learned(paths: Paths, baseline: float) -> None:
     records = read_metrics(paths.output_data_dir)
+    print("mIOU by epoch", [round(r.mIOU, 3) for r in records], "baseline", round(baseline, 3),
+          "loss", [round(r.train_loss, 3) for r in records])
     best = max(r.mIOU for r in records)
     assert best >= max(0.6, baseline + 0.25), ([round(r.mIOU, 3) for r in records], baseline)
     assert records[-1].train_loss < 0.7 * records[0].train_loss, [r.train_loss for r in records]

@@ -28,10 +28,12 @@ def client(predictor):
     return create_app(predictor, SETTINGS, workers=3).test_client()
 
 
-def _invoke(client, body, content_type="image/jpeg", accept=None):
+def _invoke(client, body, content_type="image/jpeg", accept=None, attributes=None):
     headers = {"Content-Type": content_type}
     if accept is not None:
         headers["Accept"] = accept
+    if attributes is not None:
+        headers["X-Amzn-SageMaker-Custom-Attributes"] = attributes
     return client.post("/invocations", data=body, headers=headers)
 
 
@@ -122,19 +124,61 @@ def test_unknown_route_and_method_answer_json(client):
     assert response.status_code == 405 and response.get_json()["error"]
 
 
-def test_too_many_probabilities_is_413(predictor, monkeypatch):
-    from segmaker.serving import app as app_module
-
-    monkeypatch.setattr(app_module, "MAX_PROBABILITY_VALUES", 100)
-    client = create_app(predictor, SETTINGS).test_client()
+def test_too_many_probabilities_is_413_with_the_numbers(predictor):
+    client = create_app(predictor, ServingSettings(max_probability_values=299)).test_client()
     response = _invoke(client, image_bytes(10, 10), accept="application/x-protobuf")
-    assert response.status_code == 413 and "Accept image/png" in response.get_json()["error"]
+    assert response.status_code == 413
+    assert ("100 pixels x 3 classes = 300 values exceed the limit of 299 (SEGMAKER_MAX_PROBABILITY_VALUES)"
+            in response.get_json()["error"])
+    client = create_app(predictor, ServingSettings(max_probability_values=300)).test_client()
+    assert _invoke(client, image_bytes(10, 10), accept="application/x-protobuf").status_code == 200
+
+
+@pytest.mark.parametrize("attributes, message", [
+    ("scale=0.5;colour=red", "unknown custom attribute 'colour'"),
+    ("tta=rotate", "tta='rotate': expected flip or none"),
+    ("scale=0", "scale='0': expected a number in (0, 8]"),
+    ("scale=nan", "scale='nan'"),
+    ("scale", "custom attribute 'scale' needs a value"),
+])
+def test_bad_custom_attributes_are_400_naming_them(client, attributes, message):
+    response = _invoke(client, image_bytes(20, 30), attributes=attributes)
+    assert response.status_code == 400 and message in response.get_json()["error"]
+
+
+@pytest.mark.parametrize("attributes", ["scale=0.5", "tta=flip", "scale=2, tta=flip", " TTA=none ;", ""])
+def test_custom_attributes_keep_the_answer_at_the_input_size(client, attributes):
+    response = _invoke(client, image_bytes(40, 70), attributes=attributes)
+    assert response.status_code == 200 and _mask(response).shape == (40, 70)
+
+
+def test_flip_changes_what_the_model_sees(client):
+    body = image_bytes(32, 32, "PNG")
+    plain = _invoke(client, body, "image/png", "application/x-protobuf")
+    flipped = _invoke(client, body, "image/png", "application/x-protobuf", attributes="tta=flip")
+    assert plain.status_code == flipped.status_code == 200 and plain.data != flipped.data
+
+
+def test_a_scale_beyond_the_pixel_limit_is_413(predictor):
+    # base_size: the long side becomes working size (32) x 8 = 256 pixels; the limit allows 200 x 200.
+    client = create_app(predictor, ServingSettings(max_pixels=200 * 200)).test_client()
+    response = _invoke(client, image_bytes(30, 40), attributes="scale=8")
+    assert response.status_code == 413 and "scale=8 makes the image 256x192" in response.get_json()["error"]
 
 
 VALID_BODIES = [image_bytes(12, 20, "JPEG"), image_bytes(15, 9, "PNG")]
 CONTENT_TYPES = ["image/jpeg", "image/png", "application/x-image", "text/plain", "", "image/png; x=y"]
 ACCEPTS = [None, "*/*", "image/png", "application/json", "application/x-protobuf", "text/html", ";;,q=",
            "image/png;q=abc, */*;q=-1"]
+
+
+ATTRIBUTES = [None, "scale=0.5", "scale=3;tta=flip", "tta=flip", "scale=1e-9", "scale=8", "scale=-1", "x=y",
+              "scale=inf", ";,;", "tta="]
+
+
+def _latin1(text):
+    # HTTP header values are latin-1; hypothesis' text may hold any code point.
+    return None if text is None else text.encode("latin-1", "replace").decode("latin-1").replace("\n", " ")
 
 
 def _mutated(base: bytes, data) -> bytes:
@@ -154,8 +198,9 @@ def test_fuzzed_invocations_never_answer_5xx(client, data):
         body = _mutated(data.draw(st.sampled_from(VALID_BODIES)), data)
     else:
         body = data.draw(st.binary(max_size=200))
+    attributes = data.draw(st.one_of(st.sampled_from(ATTRIBUTES), st.text(max_size=30)))
     response = _invoke(client, body, data.draw(st.sampled_from(CONTENT_TYPES)),
-                       data.draw(st.sampled_from(ACCEPTS)))
+                       data.draw(st.sampled_from(ACCEPTS)), _latin1(attributes))
     assert response.status_code < 500, response.data
     if response.status_code != 200:
         assert response.get_json()["error"]

@@ -62,7 +62,7 @@ def test_model_dir_has_builtin_names_export_and_manifest(model_dir):
     assert json.loads((model_dir / "segmaker.json").read_text()) == {
         "format_version": 1, "algorithm": "fcn", "backbone": "resnet50", "num_classes": 3,
         "working_size": WORKING_SIZE, "class_names": ["road", "car", "sky"], "label_map": {"scale": "1"},
-        "best_epoch": 4, "best_mIOU": 0.5,
+        "best_epoch": 4, "best_mIOU": 0.5, "image_scale": "base_size",
     }
 
 

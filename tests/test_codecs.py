@@ -207,7 +207,7 @@ def test_protobuf_answer_is_one_recordio_record_the_protobuf_runtime_parses():
     rng = np.random.default_rng(1)
     probabilities = rng.random((3, 5, 7), dtype=np.float32)
     body = codecs.ENCODERS["application/x-recordio-protobuf"].encode(probabilities, ["a", "b", "c"])
-    records = list(read_records(io.BytesIO(body)))
+    records = list(read_records(io.BytesIO(b"".join(body.chunks()))))
     assert len(records) == 1
     record = _record_class()()
     record.ParseFromString(bytes(records[0].payload))

@@ -173,3 +173,10 @@ def test_class_weights_errors_name_the_key_and_the_class_count():
     assert "class_weights = '1,x': must be" in problems_of({"num_classes": "2", "class_weights": "1,x"})
     assert "not all 0" in problems_of({"num_classes": "2", "class_weights": "0,0"})
     assert "class_weights = '-1,2'" in problems_of({"num_classes": "2", "class_weights": "-1,2"})
+
+
+def test_image_scale_is_base_size_or_native():
+    assert parse_hyperparameters({"num_classes": "3"}).image_scale == "base_size"
+    assert parse_hyperparameters({"num_classes": "3", "image_scale": "Native"}).image_scale == "native"
+    with pytest.raises(UserError, match="image_scale.*one of base_size, native"):
+        parse_hyperparameters({"num_classes": "3", "image_scale": "full"})

@@ -189,12 +189,18 @@ def test_pipe_mode_training_in_the_container(cpu_image, tmp_path):
 
 
 @pytest.fixture
-def server(cpu_image, trained_tree) -> Iterator[dict]:
-    """`docker run -p PORT:8080 IMAGE serve` on the trained model, mounted read-only as SageMaker does."""
+def server(cpu_image, trained_tree, tmp_path) -> Iterator[dict]:
+    """`docker run -p PORT:8080 IMAGE serve` on the trained model, mounted read-only as SageMaker does.
+
+    With a fake /dev/nvidia0 (an empty file), as the CPU image sees a GPU host: the server must count GPUs
+    as its MXNet does (none) and serve on the CPU, not fail on mx.gpu(0)."""
     name = f"segmaker-test-serve-{free_port()}"
     port = free_port()
+    fake_gpu = tmp_path / "nvidia0"
+    fake_gpu.write_bytes(b"")
     run(["docker", "run", "-d", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:8080",
-         "-v", f"{trained_tree / 'model'}:/opt/ml/model:ro", cpu_image, "serve"])
+         "-v", f"{trained_tree / 'model'}:/opt/ml/model:ro", "-v", f"{fake_gpu}:/dev/nvidia0:ro",
+         cpu_image, "serve"])
     try:
         wait_until_pinged(port, timeout=180, container=name)
         yield {"name": name, "port": port}

@@ -166,6 +166,41 @@ def test_four_concurrent_clients(server):
     assert results == [(200, size) for size in sizes]
 
 
+def noise_jpeg(height: int, width: int, seed: int) -> bytes:
+    """A JPEG of noise: about 1.5 bytes per pixel at quality 95, so a few megapixels make megabytes."""
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buffer, "JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def test_a_batch_transform_pushes_large_images_through_at_the_default_limit(model_dir):
+    """As batch transform runs: /execution-parameters first (MaxPayloadInMB 10 by default, the built-in's
+    batch limit), then one image per request on kept-alive connections, MaxConcurrentTransforms at a time."""
+    live = LiveServer(model_dir, SAGEMAKER_MAX_PAYLOAD_IN_MB="", SAGEMAKER_MODEL_SERVER_WORKERS="1")
+    try:
+        live.wait_ready()
+        parameters = requests.get(live.url + "/execution-parameters", timeout=5).json()
+        assert parameters == {"MaxConcurrentTransforms": 1, "BatchStrategy": "SINGLE_RECORD",
+                              "MaxPayloadInMB": 10}
+        sizes = [(2400, 1800), (1700, 2900), (3000, 2200)]
+        bodies = [noise_jpeg(height, width, seed) for seed, (height, width) in enumerate(sizes)]
+        assert 6 * 2 ** 20 < max(len(body) for body in bodies) <= 10 * 2 ** 20  # over the old 6 MB default
+        headers = {"Content-Type": "application/x-image", "Accept": "image/png"}
+        with requests.Session() as session:
+            for (height, width), body in zip(sizes, bodies):
+                response = session.post(live.url + "/invocations", data=body, headers=headers, timeout=300)
+                assert response.status_code == 200, response.text[:300]
+                assert np.asarray(Image.open(io.BytesIO(response.content))).shape == (height, width)
+            too_big = session.post(live.url + "/invocations", data=b"\0" * (10 * 2 ** 20 + 1),
+                                   headers=headers, timeout=300)
+            assert too_big.status_code == 413
+            assert session.post(live.url + "/invocations", data=image_bytes(30, 40), headers=headers,
+                                timeout=300).status_code == 200
+    finally:
+        live.stop()
+
+
 def test_sigterm_drains_the_request_in_flight(model_dir):
     live = LiveServer(model_dir, SAGEMAKER_MODEL_SERVER_WORKERS="1")
     try:

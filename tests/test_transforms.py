@@ -129,3 +129,37 @@ def test_eval_transform_keeps_the_resolution():
     image, mask = synthetic(7)
     normalised, same_mask = eval_transform(image, mask)
     assert normalised.shape == (3,) + mask.shape and same_mask is mask
+
+
+def _stripe_widths(image_scale: str, draws: int = 40) -> list:
+    """Widths (in crop pixels) of a 10-pixel-wide vertical stripe in crops of a 1200 x 1200 image."""
+    from segmaker.transforms import random_scaled_crop
+
+    mask = np.zeros((1200, 1200), np.uint8)
+    for left in range(0, 1200, 60):
+        mask[:, left: left + 10] = 1
+    image = np.zeros((1200, 1200, 3), np.uint8)
+    rng = np.random.default_rng(0)
+    widths = []
+    for _ in range(draws):
+        _, crop = random_scaled_crop(image, mask, rng, base_size=120, crop_size=96, image_scale=image_scale)
+        row = (crop[40] == 1).astype(int)
+        starts, ends = np.flatnonzero(np.diff(row) == 1), np.flatnonzero(np.diff(row) == -1)
+        widths += [end - start for start, end in zip(starts, ends) if end > start]
+    return widths
+
+
+def test_native_scale_keeps_objects_at_about_their_own_size():
+    native = _stripe_widths("native")
+    assert native and 8 <= min(native) and max(native) <= 13  # 10 px x [0.8, 1.25]
+    # base_size 120 shrinks the 1200-pixel image about 10 x (x U(0.5, 2)): the stripe is 0 to 2 pixels.
+    assert max(_stripe_widths("base_size") or [0]) <= 3
+
+
+def test_native_scale_factors_are_log_uniform_around_one():
+    from segmaker.transforms import NATIVE_SCALE_RANGE, scale_factor
+
+    rng = np.random.default_rng(1)
+    factors = np.array([scale_factor(500, 700, rng, 520, "native") for _ in range(4000)])
+    assert NATIVE_SCALE_RANGE[0] <= factors.min() and factors.max() <= NATIVE_SCALE_RANGE[1]
+    assert abs(np.median(factors) - 1.0) < 0.02 and abs(np.log(factors).mean()) < 0.01

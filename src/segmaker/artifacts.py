@@ -40,6 +40,7 @@ from segmaker.errors import UserError
 from segmaker.metrics import class_names_or_default
 from segmaker.models import (
     ALGORITHMS,
+    IMAGE_SCALES,
     SegmentationInference,
     build_network,
     load_parameters,
@@ -74,6 +75,9 @@ class ModelManifest:
     best_epoch: Optional[int] = None
     best_miou: Optional[float] = None
     int8: Optional[Mapping[str, object]] = None  # what segmaker.quantize measured and decided
+    # How the network sees an image (models.IMAGE_SCALES): resized whole to the working size, or read at its
+    # own resolution in sliding working-size tiles (trained with image_scale=native). Absent: base_size.
+    image_scale: str = "base_size"
 
     def names(self) -> List[str]:
         """The class names, `class_<id>` for a model trained without names."""
@@ -90,6 +94,7 @@ class ModelManifest:
             "label_map": dict(self.label_map) if self.label_map is not None else None,
             "best_epoch": self.best_epoch,
             "best_mIOU": self.best_miou,
+            "image_scale": self.image_scale,
         }
         if self.int8 is not None:  # only once segmaker.quantize ran
             raw["int8"] = dict(self.int8)
@@ -112,7 +117,14 @@ def manifest_from_json_dict(raw: Mapping[str, object], source: Path) -> ModelMan
         best_epoch=raw.get("best_epoch"),
         best_miou=raw.get("best_mIOU"),
         int8=raw.get("int8"),
+        image_scale=_image_scale(raw.get("image_scale", "base_size"), source),
     )
+
+
+def _image_scale(value: object, source: Path) -> str:
+    if value not in IMAGE_SCALES:
+        raise UserError(f"{source}: 'image_scale' must be one of {', '.join(IMAGE_SCALES)}, not {value!r}")
+    return str(value)
 
 
 def _field(raw: Mapping[str, object], key: str, kind: type, source: Path):
@@ -469,4 +481,4 @@ def load_inference(artifacts: ModelArtifacts, contexts: Sequence[mx.Context], *,
     """The MXNet inference engine for a model directory, at the manifest's working size or `working_size`."""
     size = working_size or artifacts.manifest.working_size
     net = _inference_network(artifacts.manifest, artifacts.params_file(params), size)
-    return SegmentationInference(net, size, contexts)
+    return SegmentationInference(net, size, contexts, image_scale=artifacts.manifest.image_scale)

@@ -24,6 +24,7 @@ OPTIMIZERS = ("sgd", "adam", "adagrad", "nag", "rmsprop")
 PRECISION_DTYPES = ("float32", "float16")
 LOSSES = ("cross_entropy", "dice", "cross_entropy+dice")
 BALANCED = "balanced"
+IMAGE_SCALES = ("base_size", "native")
 KVSTORES = ("auto", "local", "device", "dist_sync", "dist_device_sync", "dist_async")
 IGNORED_PREFIXES = ("_", "sagemaker_")
 
@@ -67,6 +68,7 @@ class TrainingConfig:
     loss: str = "cross_entropy"
     # None: every class weighs 1; "balanced": median-frequency weights counted from the training masks.
     class_weights: Union[None, str, Tuple[float, ...]] = None
+    image_scale: str = "base_size"  # or "native": crops at the images' own resolution, tiled inference
 
     def to_json_dict(self) -> Dict[str, object]:
         """JSON-typed resolved values for hyperparams.json; `parse_hyperparameters` reads them back."""
@@ -270,6 +272,7 @@ PARSERS: Dict[str, Parser] = {
     "precision_dtype": choice(PRECISION_DTYPES),
     "kvstore": choice(KVSTORES),
     "data_workers": optional_positive_int,
+    "image_scale": choice(IMAGE_SCALES),
     "class_names": name_list,
     "loss": choice(LOSSES),
     "class_weights": class_weights,

@@ -271,6 +271,9 @@ class ServingSettings:
     # else on model.onnx, when present; else MXNet).
     max_pixels: int = 40_000_000
     engine: Optional[str] = None
+    # Probabilities (C x H x W float32) go out as one RecordIO record, whose length field has 29 bits
+    # (512 MiB, 134 M values): the default leaves room below that and bounds one answer to 480 MB.
+    max_probability_values: int = 120_000_000
 
     @property
     def max_payload_bytes(self) -> int:
@@ -292,6 +295,8 @@ def read_serving_settings(environ: Optional[Mapping[str, str]] = None) -> Servin
         model_dir=Path(env.get("SEGMAKER_MODEL_DIR") or paths.model_dir),
         max_pixels=_positive_int(env, "SEGMAKER_MAX_PIXELS", 40_000_000),
         engine=_serving_engine(env),
+        max_probability_values=_positive_int(env, "SEGMAKER_MAX_PROBABILITY_VALUES",
+                                             ServingSettings.max_probability_values),
     )
 
 

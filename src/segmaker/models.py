@@ -20,6 +20,7 @@ from gluoncv.model_zoo.fcn import FCN
 from gluoncv.model_zoo.pspnet import PSPNet
 from PIL import Image
 
+from segmaker.config import IMAGE_SCALES
 from segmaker.errors import UserError
 from segmaker.transforms import normalize
 
@@ -40,7 +41,7 @@ BACKBONE_BLOCKS = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 
 # Bound on the number of float32 values of one resized logit tensor while computing a mask: classes are
 # resized in groups small enough to stay below it (resizing is per channel, so the result is the same).
-MAX_RESIZED_VALUES = 1 << 25
+MAX_RESIZED_VALUES = 1 << 22
 
 # The static-shape forward of SegmentationInference: normalised, padded 3 x S x S inputs in, main-head
 # logits (C x S x S) out, in order. Another engine (ONNX Runtime in serving) plugs in through this.
@@ -217,16 +218,31 @@ def copy_parameters(src_net: mx.gluon.HybridBlock, dst_net: mx.gluon.HybridBlock
         param.set_data(value.astype(param.dtype))
 
 
+# Native scale: neighbouring tiles share a quarter of the working size; their logits are blended with weights
+# that fall linearly to near 0 across that strip, so no seam shows where one tile ends.
+TILE_OVERLAP_FRACTION = 0.25
+
+
 class SegmentationInference:
-    """Full-resolution inference at any image size, with memory bounded by `working_size`.
+    """Full-resolution inference at any image size, with memory bounded by `working_size`, not the image.
 
-    Each image's long side is resized to `working_size`, the image is padded (after normalisation, with
-    zeros) to a working_size square, and the network runs once per batch on a static-shape graph. The
-    padding is cropped from the logits, which are resized bilinearly back to the image's height and width.
-    Only the network's first output (the main head) is used.
+    `image_scale` says at which resolution the network looks at an image (the model directory records it):
 
-    A batch of images is split over `contexts` (several GPUs, or several CPU contexts in tests) exactly as
-    training splits a batch.
+    - `base_size` (the built-in's way): the image's long side is resized to `working_size`, the image padded
+      (after normalisation, with zeros) to a working_size square, one static-shape forward runs, the padding
+      is cropped from the logits, which are resized bilinearly back to the image's H x W a few classes at a
+      time.
+    - `native`: the image is read at its own resolution: working_size tiles slide over it, neighbours
+      overlapping by TILE_OVERLAP_FRACTION, and their logits are blended (weighted average, weights falling
+      towards each tile's edges). Tile rows are processed top to bottom and finished rows handed on, so
+      besides the image and its answer only C x working_size x W floats are held.
+
+    Per call, `scale` resamples the image by that factor first (base_size: the long side becomes
+    working_size x scale, tiled when that exceeds the working size), and `flip` averages the logits of each
+    input and its mirror image. Only the network's first output (the main head) is used.
+
+    A batch of inputs is split over `contexts` (several GPUs, or several CPU contexts in tests) exactly as
+    training splits a batch; tiles go through one per context at a time.
 
     Safe to call from several threads: only the forward is serialised (a lock per instance, because the
     hybridized graph keeps its buffers between calls with static_alloc, and one forward already uses every
@@ -235,7 +251,8 @@ class SegmentationInference:
     """
 
     def __init__(self, net_at_working_size: Optional[mx.gluon.HybridBlock], working_size: int,
-                 contexts: Sequence[mx.Context], *, forward: Optional[ForwardFunction] = None):
+                 contexts: Sequence[mx.Context], *, forward: Optional[ForwardFunction] = None,
+                 image_scale: str = "base_size"):
         """`forward`, when given, replaces the network's forward (`net_at_working_size` may then be None):
         the pre- and post-processing stay the same whatever engine computes the logits."""
         if working_size % 8:
@@ -244,7 +261,10 @@ class SegmentationInference:
             raise ValueError("SegmentationInference needs at least one context")
         if net_at_working_size is None and forward is None:
             raise ValueError("SegmentationInference needs a network or a forward function")
+        if image_scale not in IMAGE_SCALES:
+            raise ValueError(f"image_scale must be one of {IMAGE_SCALES}, not {image_scale!r}")
         self.working_size = working_size
+        self.image_scale = image_scale
         self.contexts = list(contexts)
         self._net = net_at_working_size
         if forward is None:
@@ -253,31 +273,66 @@ class SegmentationInference:
         self._forward_function: ForwardFunction = forward or self._network_forward
         self._forward_lock = threading.Lock()
 
-    def predict_probabilities(self, images: List[np.ndarray]) -> List[np.ndarray]:
-        """Class probabilities, C x H x W float32, for each H x W x 3 uint8 RGB image."""
-        return [mx.nd.softmax(_resize(logits, shape), axis=0).asnumpy()
-                for logits, shape in self._small_logits(images)]
+    # ------------------------------------------------------------------------------------- public API
 
-    def predict_masks(self, images: List[np.ndarray]) -> List[np.ndarray]:
+    def processing_shape(self, shape: Tuple[int, int], scale: float = 1.0) -> Tuple[int, int]:
+        """(h, w) at which the network looks at an image of `shape` (H, W) resampled by `scale`."""
+        if self.image_scale == "native":
+            return max(1, int(round(shape[0] * scale))), max(1, int(round(shape[1] * scale)))
+        return _fit_inside(shape, max(1, int(round(self.working_size * scale))))
+
+    def predict_masks(self, images: List[np.ndarray], *, scale: float = 1.0,
+                      flip: bool = False) -> List[np.ndarray]:
         """Class ids, H x W uint8, for each H x W x 3 uint8 RGB image (the argmax of the probabilities)."""
-        return [_argmax_at_size(logits, shape) for logits, shape in self._small_logits(images)]
+        masks: List[Optional[np.ndarray]] = [None] * len(images)
+        for index, logits in self._whole_tile_logits(images, scale, flip):
+            masks[index] = _argmax_at_size(logits, images[index].shape[:2])
+        for index, image in enumerate(images):
+            if masks[index] is None:
+                masks[index] = self._tiled_mask(image, scale, flip)
+        return masks
 
-    def _small_logits(self, images: List[np.ndarray]) -> List[Tuple[mx.nd.NDArray, Tuple[int, int]]]:
-        """Per image: its logits at working resolution with the padding cropped, and its original (H, W)."""
-        prepared = [self._prepare(image) for image in images]
-        outputs = self.forward([array for array, _ in prepared])
-        return [(logits[:, :inner[0], :inner[1]], image.shape[:2])
-                for logits, (_, inner), image in zip(outputs, prepared, images)]
+    def predict_probabilities(self, images: List[np.ndarray], *, scale: float = 1.0,
+                              flip: bool = False) -> List[np.ndarray]:
+        """Class probabilities, C x H x W float32, for each H x W x 3 uint8 RGB image."""
+        answers = []
+        for image in images:
+            out = None
 
-    def _prepare(self, image: np.ndarray) -> Tuple[np.ndarray, Tuple[int, int]]:
-        """The normalised, resized and padded 3 x S x S input, and the (h, w) the image occupies in it."""
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected an H x W x 3 RGB image, got shape {image.shape}")
-        inner = _fit_inside(image.shape[:2], self.working_size)
-        resized = np.asarray(Image.fromarray(image).resize((inner[1], inner[0]), Image.BILINEAR))
-        padded = np.zeros((3, self.working_size, self.working_size), np.float32)
-        padded[:, : inner[0], : inner[1]] = normalize(resized)
-        return padded, inner
+            def allocate(num_classes: int, shape=image.shape[:2]) -> np.ndarray:
+                nonlocal out
+                out = np.empty((num_classes,) + tuple(shape), np.float32)
+                return out
+
+            self.write_probabilities(image, allocate, scale=scale, flip=flip)
+            answers.append(out)
+        return answers
+
+    def write_probabilities(self, image: np.ndarray, allocate: Callable[[int], np.ndarray], *,
+                            scale: float = 1.0, flip: bool = False) -> None:
+        """Write the C x H x W float32 probabilities of one image into `allocate(C)`, an array the caller
+        provides (e.g. a view into the response buffer), a few classes or rows at a time: no other copy of
+        the answer is made."""
+        for _, logits in self._whole_tile_logits([image], scale, flip):
+            _softmax_at_size_into(logits, allocate(logits.shape[0]))
+            return
+        shape = image.shape[:2]
+        scaled = self._scaled(image, scale)
+        if scaled.shape[:2] == shape:
+            out = None
+            for top, sums, weights in self._tiled_bands(scaled, flip):
+                out = allocate(sums.shape[0]) if out is None else out
+                _blended_softmax_into(sums, weights, out[:, top: top + sums.shape[1]])
+            return
+        # Resampled (scale != 1): probabilities at the processing size, then resized a class at a time.
+        probabilities = None
+        for top, sums, weights in self._tiled_bands(scaled, flip):
+            if probabilities is None:
+                probabilities = np.empty((sums.shape[0],) + scaled.shape[:2], np.float32)
+            _blended_softmax_into(sums, weights, probabilities[:, top: top + sums.shape[1]])
+        out = allocate(probabilities.shape[0])
+        for index in range(probabilities.shape[0]):
+            out[index] = _resize(mx.nd.array(probabilities[index: index + 1]), shape)[0].asnumpy()
 
     def forward(self, inputs: List[np.ndarray]) -> List[mx.nd.NDArray]:
         """Main-head logits (C x S x S, on the device that computed them) for each normalised, padded
@@ -286,12 +341,184 @@ class SegmentationInference:
         with self._forward_lock:
             return self._forward_function(inputs)
 
+    # -------------------------------------------------------------------- one tile per image (batched)
+
+    def _whole_tile_logits(self, images: List[np.ndarray], scale: float,
+                           flip: bool) -> List[Tuple[int, mx.nd.NDArray]]:
+        """(index, logits at processing size with the padding cropped) for every image whose processing
+        size fits one tile; these go through the network together, as one batch."""
+        fitting = [index for index, image in enumerate(images)
+                   if max(self.processing_shape(image.shape[:2], scale)) <= self.working_size]
+        if not fitting:
+            return []
+        prepared = [self._prepare(images[index], scale) for index in fitting]
+        inputs, inners = [array for array, _ in prepared], [inner for _, inner in prepared]
+        logits = self._forward_cropped(inputs, inners, flip)
+        return list(zip(fitting, logits))
+
+    def _prepare(self, image: np.ndarray, scale: float) -> Tuple[np.ndarray, Tuple[int, int]]:
+        """The normalised, resampled and padded 3 x S x S input, and the (h, w) the image occupies in it."""
+        _check_rgb(image)
+        inner = self.processing_shape(image.shape[:2], scale)
+        resized = image if inner == image.shape[:2] else _resample(image, inner)
+        return self._padded(resized), inner
+
+    def _padded(self, part: np.ndarray) -> np.ndarray:
+        padded = np.zeros((3, self.working_size, self.working_size), np.float32)
+        padded[:, : part.shape[0], : part.shape[1]] = normalize(part)
+        return padded
+
+    def _forward_cropped(self, inputs: List[np.ndarray], inners: List[Tuple[int, int]],
+                         flip: bool) -> List[mx.nd.NDArray]:
+        """Logits of each input cropped to its inner (h, w); with `flip`, averaged with those of its mirror
+        image (the inner part mirrored, padding kept at the bottom and right), mirrored back."""
+        outputs = [logits[:, :h, :w] for logits, (h, w) in zip(self.forward(inputs), inners)]
+        if not flip:
+            return outputs
+        mirrored_inputs = [_mirror_inside(array, inner) for array, inner in zip(inputs, inners)]
+        mirrored = self.forward(mirrored_inputs)
+        return [(plain + mx.nd.flip(logits[:, :h, :w], axis=2)) / 2
+                for plain, logits, (h, w) in zip(outputs, mirrored, inners)]
+
     def _network_forward(self, inputs: List[np.ndarray]) -> List[mx.nd.NDArray]:
         parts = _split(inputs, len(self.contexts))
         batches = [(ctx, part) for ctx, part in zip(self.contexts, parts) if part]
         # All devices get their batch before any result is read, so they compute at the same time.
         outputs = [_main_head(self._net(mx.nd.array(np.stack(part), ctx=ctx))) for ctx, part in batches]
         return [batch_output[i] for batch_output in outputs for i in range(batch_output.shape[0])]
+
+    # ----------------------------------------------------------------------- sliding tiles (one image)
+
+    def _scaled(self, image: np.ndarray, scale: float) -> np.ndarray:
+        _check_rgb(image)
+        shape = self.processing_shape(image.shape[:2], scale)
+        return image if shape == image.shape[:2] else _resample(image, shape)
+
+    def _tiled_mask(self, image: np.ndarray, scale: float, flip: bool) -> np.ndarray:
+        scaled = self._scaled(image, scale)
+        mask = np.empty(scaled.shape[:2], np.uint8)
+        for top, sums, _ in self._tiled_bands(scaled, flip):
+            # Dividing by the (positive) blend weights would not change which class is largest.
+            _argmax_classes_into(sums, mask[top: top + sums.shape[1]])
+        if mask.shape != image.shape[:2]:
+            mask = np.asarray(Image.fromarray(mask).resize((image.shape[1], image.shape[0]), Image.NEAREST))
+        return mask
+
+    def _tiled_bands(self, image: np.ndarray, flip: bool) -> Iterator[Tuple[int, np.ndarray, np.ndarray]]:
+        """(top, sums, weights) for finished rows of `image`, top to bottom: the blended logits of rows
+        top .. top + n are sums (C x n x W) / weights (n x W). Views into the accumulator: use them before
+        asking for the next band.
+
+        Tile rows start at `_tile_starts`; when the next tile row starts at y, no later tile reaches the
+        rows above y, so they are finished: handed on, and the accumulator (rows top .. top + S) moves up.
+        """
+        size = self.working_size
+        overlap = int(round(size * TILE_OVERLAP_FRACTION))
+        height, width = image.shape[:2]
+        window = _blend_window(size, overlap)
+        rows, columns = _tile_starts(height, size, size - overlap), _tile_starts(width, size, size - overlap)
+        weights = np.zeros((size, width), np.float32)
+        sums: Optional[np.ndarray] = None
+        top = 0
+        for y in rows:
+            if y > top:
+                done = y - top
+                yield top, sums[:, :done], weights[:done]
+                _shift_up(sums, done)
+                _shift_up(weights, done)
+                top = y
+            strip = image[y: y + size]
+            for chunk in _chunks(columns, len(self.contexts)):
+                parts = [strip[:, x: x + size] for x in chunk]
+                logits = self._forward_cropped([self._padded(part) for part in parts],
+                                               [part.shape[:2] for part in parts], flip)
+                for x, tile in zip(chunk, logits):
+                    values = tile.asnumpy()
+                    if sums is None:
+                        sums = np.zeros((values.shape[0], size, width), np.float32)
+                    h, w = values.shape[1:]
+                    values *= window[:h, :w]
+                    sums[:, :h, x: x + w] += values
+                    weights[:h, x: x + w] += window[:h, :w]
+        rows_left = min(height, top + size) - top
+        yield top, sums[:, :rows_left], weights[:rows_left]
+
+
+def _check_rgb(image: np.ndarray) -> None:
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an H x W x 3 RGB image, got shape {image.shape}")
+
+
+def _resample(image: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).resize((shape[1], shape[0]), Image.BILINEAR))
+
+
+def _mirror_inside(array: np.ndarray, inner: Tuple[int, int]) -> np.ndarray:
+    mirrored = np.zeros_like(array)
+    mirrored[:, : inner[0], : inner[1]] = array[:, : inner[0], inner[1] - 1:: -1]
+    return mirrored
+
+
+def _tile_starts(length: int, size: int, stride: int) -> List[int]:
+    """Starts of windows of `size` covering 0..length with steps of at most `stride`; the last one ends at
+    `length` (a single window at 0 when the length fits)."""
+    if length <= size:
+        return [0]
+    starts = list(range(0, length - size, stride))
+    return starts + [length - size]
+
+
+def _blend_window(size: int, overlap: int) -> np.ndarray:
+    """size x size weights: 1 inside, falling linearly to 1 / (overlap + 1) at the edges (never 0, so a
+    pixel only one tile reaches still gets that tile's logits)."""
+    index = np.arange(size, dtype=np.float32)
+    ramp = np.minimum(1.0, np.minimum(index + 1, size - index) / float(overlap + 1))
+    return np.outer(ramp, ramp).astype(np.float32)
+
+
+def _shift_up(array: np.ndarray, rows: int) -> None:
+    """Move the rows of `array` (along its second-to-last axis) up by `rows`, zeroing those freed below.
+
+    Copied in blocks of at most `rows` rows, top first: a block's source never overlaps its destination,
+    and rows are overwritten only after they were read, so no temporary copy of the array is needed."""
+    kept = array.shape[-2] - rows
+    for start in range(0, kept, rows):
+        stop = min(kept, start + rows)
+        array[..., start:stop, :] = array[..., start + rows: stop + rows, :]
+    array[..., kept:, :] = 0
+
+
+_ROWS_PER_STEP = 64  # rows of a band turned into probabilities at once: bounds the temporaries
+
+
+def _argmax_classes_into(scores: np.ndarray, out: np.ndarray) -> None:
+    """out[y, x] = the first c with the largest scores[c, y, x], one class at a time (numpy's argmax over
+    the first axis of a C x H x W array is many times slower)."""
+    best = scores[0].copy()
+    out[...] = 0
+    for index in range(1, scores.shape[0]):
+        better = scores[index] > best
+        np.copyto(best, scores[index], where=better)
+        out[better] = index
+
+
+def _blended_softmax_into(sums: np.ndarray, weights: np.ndarray, out: np.ndarray) -> None:
+    """out = softmax over classes of sums / weights, a few rows at a time."""
+    for start in range(0, sums.shape[1], _ROWS_PER_STEP):
+        rows = slice(start, start + _ROWS_PER_STEP)
+        out[:, rows] = _softmax(sums[:, rows] / weights[rows])
+
+
+def _chunks(items: List, size: int) -> Iterator[List]:
+    for start in range(0, len(items), size):
+        yield items[start: start + size]
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the first axis, in float32."""
+    exp = np.exp(logits - logits.max(axis=0))
+    exp /= exp.sum(axis=0)
+    return exp
 
 
 def _fit_inside(shape: Tuple[int, int], size: int) -> Tuple[int, int]:
@@ -332,7 +559,37 @@ def _argmax_at_size(logits: mx.nd.NDArray, shape: Tuple[int, int]) -> np.ndarray
             better = value > best_value
             best_value = mx.nd.where(better, value, best_value)
             best_class = mx.nd.where(better, index, best_class)
+        best_class.wait_to_read()  # one group at a time (MXNet would queue, and hold, all of them)
     return best_class.asnumpy().astype(np.uint8)
+
+
+def _softmax_at_size_into(logits: mx.nd.NDArray, out: np.ndarray) -> None:
+    """softmax over classes of the logits resized to out's H x W, written into `out` a few classes at a time.
+
+    The softmax needs every class at each pixel, so the groups are resized twice: a first pass keeps the
+    running maximum and sum of exponentials per pixel (two H x W maps), the second writes each group's
+    probabilities. One group (small answers) takes one pass.
+    """
+    shape = out.shape[1:]
+    groups = list(_class_groups(logits, shape))
+    if len(groups) == 1:
+        out[...] = mx.nd.softmax(_resize(logits, shape), axis=0).asnumpy()
+        return
+    peak, total = None, None
+    for _, group in groups:
+        resized = _resize(group, shape)
+        group_peak = resized.max(axis=0)
+        new_peak = group_peak if peak is None else mx.nd.maximum(peak, group_peak)
+        group_sum = mx.nd.exp(mx.nd.broadcast_sub(resized, new_peak.expand_dims(0))).sum(axis=0)
+        total = group_sum if total is None else total * mx.nd.exp(peak - new_peak) + group_sum
+        peak = new_peak
+        # MXNet runs operators asynchronously: without waiting, every group's resized copy would be queued
+        # (and held) at once.
+        total.wait_to_read()
+    for first, group in groups:
+        resized = _resize(group, shape)
+        exp = mx.nd.exp(mx.nd.broadcast_sub(resized, peak.expand_dims(0)))
+        out[first: first + group.shape[0]] = mx.nd.broadcast_div(exp, total.expand_dims(0)).asnumpy()
 
 
 def _class_groups(logits: mx.nd.NDArray, shape: Tuple[int, int]) -> Iterator[Tuple[int, mx.nd.NDArray]]:

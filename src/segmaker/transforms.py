@@ -17,6 +17,10 @@ IGNORE = 255
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 SCALE_RANGE = (0.5, 2.0)
+# image_scale=native: the image is used at its own resolution, resampled by a factor drawn log-uniformly from
+# this range (so 0.8 and 1.25 are equally likely, median 1): objects keep about the size they have when the
+# model serves (tiles at scale 1), with enough jitter to generalise across small changes of resolution.
+NATIVE_SCALE_RANGE = (0.8, 1.25)
 # The image is padded with the mean colour, which `normalize` turns into 0: padding then carries no signal.
 MEAN_RGB = tuple(int(round(255 * m)) for m in MEAN)
 
@@ -47,16 +51,28 @@ def pad_to(image: np.ndarray, mask: np.ndarray, size: int) -> Pair:
     return padded_image, padded_mask
 
 
+def scale_factor(height: int, width: int, rng: np.random.Generator, base_size: int,
+                 image_scale: str = "base_size") -> float:
+    """How much to resample an image for training: its long side to base_size x U(0.5, 2.0) (the built-in's
+    augmentation), or for `native` a factor around 1 (NATIVE_SCALE_RANGE, log-uniform)."""
+    if image_scale == "native":
+        low, high = NATIVE_SCALE_RANGE
+        return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+    return int(base_size * rng.uniform(*SCALE_RANGE) + 0.5) / max(height, width)
+
+
 def random_scaled_crop(
-    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, base_size: int, crop_size: int
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, base_size: int, crop_size: int,
+    image_scale: str = "base_size",
 ) -> Pair:
-    """Rescale the long side to base_size x U(0.5, 2.0), pad to crop_size, take a random crop_size square.
+    """Rescale by `scale_factor` (base_size: the long side to base_size x U(0.5, 2.0)), pad to crop_size,
+    take a random crop_size square.
 
     Same result as rescaling the whole image, padding and cropping, but only the crop's source region is
     resampled (PIL's `box`): at base_size 520 the rescaled image is up to 1040 px while the crop is 240.
     """
     height, width = mask.shape
-    factor = int(base_size * rng.uniform(*SCALE_RANGE) + 0.5) / max(height, width)
+    factor = scale_factor(height, width, rng, base_size, image_scale)
     scaled_height, scaled_width = max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
     # The crop window in rescaled coordinates, on the canvas padded (bottom/right) to at least crop_size.
     top = int(rng.integers(0, max(scaled_height, crop_size) - crop_size + 1))
@@ -89,11 +105,12 @@ class TrainTransform:
 
     base_size: int
     crop_size: int
+    image_scale: str = "base_size"
 
     def augment(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Pair:
         """The geometric part only: uint8 image and mask of crop_size x crop_size (useful to inspect)."""
         image, mask = random_flip(image, mask, rng)
-        return random_scaled_crop(image, mask, rng, self.base_size, self.crop_size)
+        return random_scaled_crop(image, mask, rng, self.base_size, self.crop_size, self.image_scale)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Pair:
         """(3xCxC float32 normalised image, CxC uint8 mask with 255 = ignore)."""
@@ -101,9 +118,9 @@ class TrainTransform:
         return normalize(image), np.ascontiguousarray(mask)
 
 
-def train_transform(base_size: int, crop_size: int) -> TrainTransform:
-    """The training preset (`base_size`, `crop_size` as in the hyperparameters)."""
-    return TrainTransform(base_size=base_size, crop_size=crop_size)
+def train_transform(base_size: int, crop_size: int, image_scale: str = "base_size") -> TrainTransform:
+    """The training preset (`base_size`, `crop_size`, `image_scale` as in the hyperparameters)."""
+    return TrainTransform(base_size=base_size, crop_size=crop_size, image_scale=image_scale)
 
 
 def eval_transform(image: np.ndarray, mask: np.ndarray) -> Pair:

@@ -19,10 +19,6 @@ if TYPE_CHECKING:  # the predictor imports MXNet, which the gunicorn master must
 
 LOG = logging.getLogger(__name__)
 
-# Probabilities are C x H x W float32 in one RecordIO record, whose length field has 29 bits (512 MiB).
-MAX_PROBABILITY_VALUES = 120_000_000
-
-
 def create_app(predictor: "Predictor", settings: Optional[ServingSettings] = None,
                workers: int = 1) -> Flask:
     """A fresh app serving `predictor`; `workers` is what /execution-parameters reports."""
@@ -61,13 +57,18 @@ def create_app(predictor: "Predictor", settings: Optional[ServingSettings] = Non
     def invocations() -> Response:
         decode = codecs.decoder_for(request.headers.get("Content-Type"))
         accept, encoder = codecs.encoder_for(request.headers.get("Accept"))
+        options = codecs.request_options(request.headers.get(codecs.CUSTOM_ATTRIBUTES_HEADER))
         image = decode(read_body(request, settings.max_payload_bytes), settings.max_pixels)
+        processing_shape = predictor.processing_shape(image.shape[:2], options)
+        _check_processing_size(processing_shape, options, settings.max_pixels)
         if encoder.needs_probabilities:
-            _check_probability_size(image.shape[0] * image.shape[1], predictor.num_classes)
-            result = predictor.predict_probabilities(image)
+            height, width = image.shape[:2]
+            _check_probability_size(height * width, predictor.num_classes, settings.max_probability_values)
+            result = codecs.Probabilities(
+                height, width, lambda allocate: predictor.write_probabilities(image, allocate, options))
         else:
-            result = predictor.predict_mask(image)
-        return Response(encoder.encode(result, predictor.class_names), status=200, mimetype=accept)
+            result = predictor.predict_mask(image, options)
+        return _response(encoder.encode(result, predictor.class_names), accept)
 
     return app
 
@@ -123,7 +124,23 @@ def _whole_if_whole(value: float):
     return int(value) if float(value).is_integer() else value
 
 
-def _check_probability_size(pixels: int, num_classes: int) -> None:
-    if pixels * num_classes > MAX_PROBABILITY_VALUES:
-        raise PayloadTooLarge(f"probabilities for {pixels} pixels x {num_classes} classes exceed "
-                              f"{MAX_PROBABILITY_VALUES} values; send a smaller image or Accept image/png")
+def _response(body, mimetype: str) -> Response:
+    if isinstance(body, bytes):
+        return Response(body, status=200, mimetype=mimetype)
+    # A ProbabilityAnswer: sent from its one buffer, a chunk at a time (no second copy of the whole answer).
+    return Response(body.chunks(), status=200, mimetype=mimetype, headers={"Content-Length": str(len(body))})
+
+
+def _check_processing_size(shape, options: codecs.RequestOptions, max_pixels: int) -> None:
+    pixels = shape[0] * shape[1]
+    if pixels > max_pixels:
+        raise PayloadTooLarge(f"scale={options.scale:g} makes the image {shape[1]}x{shape[0]} = {pixels} "
+                              f"pixels, more than the limit of {max_pixels} (SEGMAKER_MAX_PIXELS)")
+
+
+def _check_probability_size(pixels: int, num_classes: int, limit: int) -> None:
+    values = pixels * num_classes
+    if values > limit:
+        raise PayloadTooLarge(f"probabilities for {pixels} pixels x {num_classes} classes = {values} values "
+                              f"exceed the limit of {limit} (SEGMAKER_MAX_PROBABILITY_VALUES); send a "
+                              "smaller image or Accept image/png")

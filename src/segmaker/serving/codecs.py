@@ -31,7 +31,7 @@ from PIL import Image
 
 from segmaker.data.decode import PIL_ERRORS, ImageDecodeError, rgb_pixels
 from segmaker.errors import BadRequest, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
-from segmaker.serving.protobuf import recordio_protobuf
+from segmaker.serving.protobuf import ProbabilityAnswer
 
 DEFAULT_ACCEPT = "image/png"
 _SNIFFED_FORMATS = ("JPEG", "PNG")
@@ -136,10 +136,11 @@ def decoder_for(content_type_header: Optional[str]) -> Callable[[bytes, int], np
 
 @dataclass(frozen=True)
 class Encoder:
-    """How to answer in one format: from class probabilities (C x H x W) or from the mask (H x W)."""
+    """How to answer in one format: from class probabilities (`Probabilities`) or from the mask (H x W).
+    `encode` returns the body: bytes, or a `ProbabilityAnswer` (sent chunk by chunk from its buffer)."""
 
     needs_probabilities: bool
-    encode: Callable[[np.ndarray, Sequence[str]], bytes]
+    encode: Callable[..., object]
 
 
 def encode_png(mask: np.ndarray, class_names: Sequence[str]) -> bytes:
@@ -149,9 +150,40 @@ def encode_png(mask: np.ndarray, class_names: Sequence[str]) -> bytes:
     return buffer.getvalue()
 
 
-def encode_recordio_protobuf(probabilities: np.ndarray, class_names: Sequence[str]) -> bytes:
-    shape = np.array((1,) + tuple(probabilities.shape), dtype=np.int32)
-    return recordio_protobuf({"target": probabilities.astype(np.float32, copy=False), "shape": shape})
+Allocate = Callable[[int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Probabilities:
+    """Class probabilities of an H x W image not computed yet: `write(allocate)` computes them into the
+    C x H x W float32 array `allocate(C)` returns, so an encoder can hand out its own buffer."""
+
+    height: int
+    width: int
+    write: Callable[[Allocate], None]
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> "Probabilities":
+        """Probabilities already computed (C x H x W)."""
+        def write(allocate: Allocate) -> None:
+            allocate(array.shape[0])[...] = array
+
+        return cls(array.shape[1], array.shape[2], write)
+
+
+def encode_recordio_protobuf(probabilities, class_names: Sequence[str]) -> ProbabilityAnswer:
+    """The built-in's answer, the probabilities written straight into the response buffer (one copy).
+    `probabilities`: a `Probabilities`, or a C x H x W array."""
+    if isinstance(probabilities, np.ndarray):
+        probabilities = Probabilities.of(probabilities)
+    answers: List[ProbabilityAnswer] = []
+
+    def allocate(num_classes: int) -> np.ndarray:
+        answers.append(ProbabilityAnswer(num_classes, probabilities.height, probabilities.width))
+        return answers[-1].values
+
+    probabilities.write(allocate)
+    return answers[-1]
 
 
 def run_lengths(mask: np.ndarray) -> Tuple[List[int], List[int]]:
@@ -177,6 +209,59 @@ ENCODERS: Dict[str, Encoder] = {
     "application/x-protobuf": Encoder(needs_probabilities=True, encode=encode_recordio_protobuf),
     "application/json": Encoder(needs_probabilities=False, encode=encode_json),
 }
+
+
+# ------------------------------------------------------------------------------ per-request options
+
+CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+MAX_SCALE = 8.0
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """What `X-Amzn-SageMaker-Custom-Attributes` asks for: `scale=F` resamples the image by F before
+    inference (0 < F <= 8; the answer keeps the input's size), `tta=flip` averages the logits of the image
+    and its mirror image (`tta=none`: the default)."""
+
+    scale: float = 1.0
+    flip: bool = False
+
+
+def _scale(value: str) -> Dict[str, object]:
+    try:
+        scale = float(value)
+    except ValueError:
+        scale = float("nan")
+    if not 0 < scale <= MAX_SCALE:  # also false for nan
+        raise BadRequest(f"custom attribute scale={value!r}: expected a number in (0, {MAX_SCALE:g}]")
+    return {"scale": scale}
+
+
+def _tta(value: str) -> Dict[str, object]:
+    if value.lower() not in ("flip", "none"):
+        raise BadRequest(f"custom attribute tta={value!r}: expected flip or none")
+    return {"flip": value.lower() == "flip"}
+
+
+_ATTRIBUTES: Dict[str, Callable[[str], Dict[str, object]]] = {"scale": _scale, "tta": _tta}
+
+
+def request_options(header: Optional[str]) -> RequestOptions:
+    """Parse `key=value` pairs separated by `;` or `,` (SageMaker passes the header through as the client
+    sent it); 400 naming an unknown key or a bad value."""
+    options: Dict[str, object] = {}
+    for pair in (header or "").replace(",", ";").split(";"):
+        if not pair.strip():
+            continue
+        key, equals, value = pair.partition("=")
+        key = key.strip().lower()
+        if key not in _ATTRIBUTES:
+            raise BadRequest(f"unknown custom attribute {key!r} in {CUSTOM_ATTRIBUTES_HEADER}; "
+                             f"known: {', '.join(sorted(_ATTRIBUTES))}")
+        if not equals:
+            raise BadRequest(f"custom attribute {key!r} needs a value ({key}=...)")
+        options.update(_ATTRIBUTES[key](value.strip()))
+    return RequestOptions(**options)
 
 
 # --------------------------------------------------------------------------------- content negotiation

@@ -20,13 +20,14 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import mxnet as mx
 import numpy as np
 
 from segmaker.errors import UserError
 from segmaker.models import SegmentationInference
+from segmaker.serving.codecs import RequestOptions
 
 LOG = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class OnnxInference(SegmentationInference):
     both engines give the same masks; only the forward function differs, and no MXNet network is built.
     """
 
-    def __init__(self, onnx_file: Path, working_size: int, threads: int = 1):
+    def __init__(self, onnx_file: Path, working_size: int, threads: int = 1, image_scale: str = "base_size"):
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -50,7 +51,7 @@ class OnnxInference(SegmentationInference):
         self._session = onnxruntime.InferenceSession(str(onnx_file), options,
                                                      providers=["CPUExecutionProvider"])
         self._input_name = self._session.get_inputs()[0].name
-        super().__init__(None, working_size, [mx.cpu()], forward=self._run_session)
+        super().__init__(None, working_size, [mx.cpu()], forward=self._run_session, image_scale=image_scale)
 
     def _run_session(self, inputs: List[np.ndarray]) -> List[mx.nd.NDArray]:
         # The graph is exported for a batch of one (static shape), so images go through one at a time.
@@ -72,6 +73,7 @@ class Predictor:
         self.working_size = engine.working_size
         self._engine = engine
         self._ready = threading.Event()
+        self._probabilities_lock = threading.Lock()
 
     @property
     def ready(self) -> bool:
@@ -88,13 +90,33 @@ class Predictor:
         self._ready.set()
         return seconds
 
-    def predict_mask(self, image: np.ndarray) -> np.ndarray:
-        """H x W uint8 class ids for an H x W x 3 uint8 RGB image."""
-        return self._engine.predict_masks([image])[0]
+    @property
+    def image_scale(self) -> str:
+        return self._engine.image_scale
 
-    def predict_probabilities(self, image: np.ndarray) -> np.ndarray:
+    def processing_shape(self, shape: Tuple[int, int], options: Optional[RequestOptions] = None
+                         ) -> Tuple[int, int]:
+        """(h, w) at which the model looks at an H x W image with these options."""
+        return self._engine.processing_shape(shape, (options or RequestOptions()).scale)
+
+    def predict_mask(self, image: np.ndarray, options: Optional[RequestOptions] = None) -> np.ndarray:
+        """H x W uint8 class ids for an H x W x 3 uint8 RGB image."""
+        options = options or RequestOptions()
+        return self._engine.predict_masks([image], scale=options.scale, flip=options.flip)[0]
+
+    def predict_probabilities(self, image: np.ndarray,
+                              options: Optional[RequestOptions] = None) -> np.ndarray:
         """C x H x W float32 class probabilities for an H x W x 3 uint8 RGB image."""
-        return self._engine.predict_probabilities([image])[0]
+        options = options or RequestOptions()
+        return self._engine.predict_probabilities([image], scale=options.scale, flip=options.flip)[0]
+
+    def write_probabilities(self, image: np.ndarray, allocate: Callable[[int], np.ndarray],
+                            options: Optional[RequestOptions] = None) -> None:
+        """The probabilities written into `allocate(C)` (the response buffer). One such answer at a time per
+        worker: at the SEGMAKER_MAX_PROBABILITY_VALUES limit each holds 480 MB."""
+        options = options or RequestOptions()
+        with self._probabilities_lock:
+            self._engine.write_probabilities(image, allocate, scale=options.scale, flip=options.flip)
 
 
 def _time_forward(engine: SegmentationInference) -> float:
@@ -150,7 +172,8 @@ def load_predictor(model_dir: Path, *, engine: Optional[str] = None, gpu: Option
     name = choose_engine(engine, model.onnx_file is not None, gpu, model.int8_onnx_file is not None)
     if name in ("onnx", "onnx-int8"):
         onnx_file = model.int8_onnx_file if name == "onnx-int8" else model.onnx_file
-        chosen: SegmentationInference = OnnxInference(onnx_file, model.working_size, threads)
+        chosen: SegmentationInference = OnnxInference(onnx_file, model.working_size, threads,
+                                                      image_scale=model.manifest.image_scale)
         clock.step(f"ONNX Runtime session ({threads} intra-op threads)")
     else:
         contexts = [mx.gpu(gpu)] if gpu is not None else [mx.cpu()]

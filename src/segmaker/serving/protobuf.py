@@ -14,11 +14,11 @@ little-endian bytes, so a large probability tensor is one `tobytes()`, not a loo
 """
 
 import io
-from typing import Dict
+from typing import Dict, Iterator
 
 import numpy as np
 
-from segmaker.data.recordio import write_record
+from segmaker.data.recordio import CFLAG_WHOLE, HEADER, MAGIC, MAX_PART_LENGTH, write_record
 
 _LENGTH_DELIMITED = 2
 _RECORD_FEATURES = 1
@@ -75,3 +75,48 @@ def recordio_protobuf(features: Dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
     write_record(buffer, encode_record(features))
     return buffer.getvalue()
+
+
+def _header(number: int, length: int) -> bytes:
+    """Tag and length of a length-delimited field whose payload has `length` bytes."""
+    return varint((number << 3) | _LENGTH_DELIMITED) + varint(length)
+
+
+class ProbabilityAnswer:
+    """The RecordIO-wrapped `Record` of C x H x W probabilities, laid out in ONE buffer allocated up front.
+
+    `values` is a float32 C x H x W view into that buffer where the probabilities are written in place (the
+    view may be unaligned: numpy handles that); `chunks()` yields the bytes to send. So the answer costs one
+    copy of its values, however large, plus what the writer needs per class group.
+    """
+
+    CHUNK_BYTES = 1 << 20  # gunicorn sends only `bytes`: the buffer goes out in copies of this size
+
+    def __init__(self, num_classes: int, height: int, width: int):
+        count = num_classes * height * width
+        float_bytes = 4 * count
+        tensor_prefix = _header(_TENSOR_VALUES, float_bytes)
+        value_prefix = _header(_VALUE_FLOAT32_TENSOR, len(tensor_prefix) + float_bytes)
+        value_length = len(value_prefix) + len(tensor_prefix) + float_bytes
+        key = _field(_MAP_KEY, b"target")
+        map_value_prefix = _header(_MAP_VALUE, value_length)
+        entry_prefix = _header(_RECORD_FEATURES, len(key) + len(map_value_prefix) + value_length)
+        before = entry_prefix + key + map_value_prefix + value_prefix + tensor_prefix
+        after = encode_record({"shape": np.array([1, num_classes, height, width], dtype=np.int32)})
+        payload_length = len(before) + float_bytes + len(after)
+        if payload_length > MAX_PART_LENGTH:
+            raise ValueError(f"{count} probabilities do not fit in one RecordIO record")
+        offset = HEADER.size + len(before)
+        self.buffer = bytearray(HEADER.size + payload_length + (-payload_length) % 4)
+        self.buffer[: offset] = HEADER.pack(MAGIC, (CFLAG_WHOLE << 29) | payload_length) + before
+        self.buffer[offset + float_bytes: offset + float_bytes + len(after)] = after
+        self.values = np.frombuffer(self.buffer, dtype="<f4", count=count, offset=offset).reshape(
+            num_classes, height, width)
+
+    def __len__(self) -> int:
+        return len(self.buffer)
+
+    def chunks(self) -> Iterator[bytes]:
+        view = memoryview(self.buffer)
+        for start in range(0, len(view), self.CHUNK_BYTES):
+            yield bytes(view[start: start + self.CHUNK_BYTES])

@@ -171,7 +171,7 @@ class DataFeed:
         self._pipe_passes = {"train": 0, "validation": 0}
         self.pool = WorkerPool(resolve_worker_count(config.data_workers))
         self.loader = BatchLoader(
-            train_transform(config.base_size, config.crop_size),
+            train_transform(config.base_size, config.crop_size, config.image_scale),
             data.train_label_map,
             order.batch_size,
             pool=self.pool,

@@ -35,6 +35,7 @@ def write_model(
         label_map=label_map.to_json(),
         best_epoch=early_stopping.best_epoch,
         best_miou=early_stopping.best_miou if validated else None,
+        image_scale=config.image_scale,
     )
     written = artifacts.write_model_dir(
         job.paths.model_dir,

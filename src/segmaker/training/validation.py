@@ -20,7 +20,9 @@ class Validator:
     def __init__(self, config: TrainingConfig, contexts: List[mx.Context]):
         self.num_classes = config.num_classes
         self._net = build_validation_network(config)
-        self._inference = models.SegmentationInference(self._net, working_size(config), contexts)
+        # image_scale=native: working-size tiles slide over each image at its own resolution, as in serving.
+        self._inference = models.SegmentationInference(self._net, working_size(config), contexts,
+                                                       image_scale=config.image_scale)
 
     def load_weights_from(self, train_net: mx.gluon.HybridBlock) -> None:
         """Validate the training network's current weights from now on."""

@@ -166,7 +166,33 @@ def test_a_scale_beyond_the_pixel_limit_is_413(predictor):
     assert response.status_code == 413 and "scale=8 makes the image 256x192" in response.get_json()["error"]
 
 
-VALID_BODIES = [image_bytes(12, 20, "JPEG"), image_bytes(15, 9, "PNG")]
+def _other_formats() -> list:
+    """Bodies in the storage modes people send: 16-bit grey PNG, CMYK JPEG, LA PNG, EXIF-rotated JPEG."""
+    bodies = []
+    for picture, fmt, extra in [
+        (Image.fromarray(np.arange(120, dtype=np.uint16).reshape(10, 12) * 500), "PNG", {}),
+        (Image.new("CMYK", (11, 7), (10, 200, 30, 5)), "JPEG", {}),
+        (Image.new("LA", (9, 13), (90, 30)), "PNG", {}),
+        (Image.open(io.BytesIO(image_bytes(8, 14))), "JPEG", {"exif": _orientation(6)}),
+    ]:
+        buffer = io.BytesIO()
+        picture.save(buffer, format=fmt, **extra)
+        bodies.append(buffer.getvalue())
+    return bodies
+
+
+def _orientation(value: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = value
+    return exif.tobytes()
+
+
+def test_other_storage_modes_are_answered_at_their_shown_size(client):
+    shapes = [_mask(_invoke(client, body)).shape for body in _other_formats()]
+    assert shapes == [(10, 12), (7, 11), (13, 9), (14, 8)]  # the EXIF-rotated photo is shown 8 wide
+
+
+VALID_BODIES = [image_bytes(12, 20, "JPEG"), image_bytes(15, 9, "PNG")] + _other_formats()
 CONTENT_TYPES = ["image/jpeg", "image/png", "application/x-image", "text/plain", "", "image/png; x=y"]
 ACCEPTS = [None, "*/*", "image/png", "application/json", "application/x-protobuf", "text/html", ";;,q=",
            "image/png;q=abc, */*;q=-1"]

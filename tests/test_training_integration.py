@@ -45,9 +45,14 @@ def failure(paths: Paths) -> str:
     return paths.failure_file.read_text()
 
 
-@pytest.mark.parametrize("algorithm", ["fcn", "psp", "deeplab"])
-def test_each_algorithm_trains_and_validates_at_non_square_sizes(tmp_path, monkeypatch, algorithm):
-    paths = write_opt_ml(tmp_path, train=4, validation=3, hyperparameters=dict(FAST, algorithm=algorithm))
+# psp runs at native scale: crops at the images' own resolution, validation by sliding tiles (up to 96 px
+# images, 48 px tiles), the scale recorded for serving.
+@pytest.mark.parametrize("algorithm, image_scale", [("fcn", "base_size"), ("psp", "native"),
+                                                    ("deeplab", "base_size")])
+def test_each_algorithm_trains_and_validates_at_non_square_sizes(tmp_path, monkeypatch, algorithm,
+                                                                 image_scale):
+    paths = write_opt_ml(tmp_path, train=4, validation=3,
+                         hyperparameters=dict(FAST, algorithm=algorithm, image_scale=image_scale))
     sizes = {Image.open(str(p)).size for p in paths.channel_dir("validation").iterdir()}
     assert all(width != height for width, height in sizes)  # validation images are never square
 
@@ -55,7 +60,8 @@ def test_each_algorithm_trains_and_validates_at_non_square_sizes(tmp_path, monke
     (record,) = read_metrics(paths.output_data_dir)
     assert 0.0 <= record.mIOU <= 1.0 and 0.0 < record.pixel_accuracy <= 1.0
     assert all((paths.model_dir / name).is_file() for name in MODEL_FILES)
-    assert json.loads((paths.model_dir / "segmaker.json").read_text())["algorithm"] == algorithm
+    manifest = json.loads((paths.model_dir / "segmaker.json").read_text())
+    assert (manifest["algorithm"], manifest["image_scale"]) == (algorithm, image_scale)
 
 
 def test_two_cpu_devices_split_each_batch(tmp_path, monkeypatch, capsys):

@@ -101,7 +101,8 @@ def quantize_model_dir(model_dir: Path, samples: Sequence[Sample],
                         " be exported, or the job was stopped before the export)")
     if not samples:
         raise UserError("no images to calibrate the int8 model with")
-    float_engine, recorded_inputs = _recording_engine(model.onnx_file, model.working_size)
+    float_engine, recorded_inputs = _recording_engine(model.onnx_file, model.working_size,
+                                                      model.manifest.image_scale)
     float_masks = float_engine.predict_masks([image for image, _ in samples[:MAX_CALIBRATION_IMAGES]])
     calibration = list(recorded_inputs) if calibration is None else list(calibration)
     float_masks += float_engine.predict_masks([image for image, _ in samples[MAX_CALIBRATION_IMAGES:]])
@@ -110,8 +111,8 @@ def quantize_model_dir(model_dir: Path, samples: Sequence[Sample],
     staged = Path(staged_name)
     try:
         quantize_onnx(model.onnx_file, staged, calibration)
-        int8_engine = SegmentationInference(None, model.working_size, [mx.cpu()],
-                                            forward=onnx_forward(staged))
+        int8_engine = SegmentationInference(None, model.working_size, [mx.cpu()], forward=onnx_forward(staged),
+                                            image_scale=model.manifest.image_scale)
         int8_masks = int8_engine.predict_masks([image for image, _ in samples])
         result = judge(float_masks, int8_masks, [mask for _, mask in samples], model.num_classes)
         artifacts.record_int8(model.directory, staged if result.kept else None, result.to_json_dict())
@@ -181,8 +182,10 @@ def onnx_forward(onnx_file: Path) -> Callable[[List[np.ndarray]], List[mx.nd.NDA
     return forward
 
 
-def _recording_engine(onnx_file: Path, working_size: int) -> Tuple[SegmentationInference, List[np.ndarray]]:
-    """The float model as serving runs it, plus the list into which it records every network input."""
+def _recording_engine(onnx_file: Path, working_size: int,
+                      image_scale: str = "base_size") -> Tuple[SegmentationInference, List[np.ndarray]]:
+    """The float model as serving runs it (whole images or native-scale tiles), plus the list into which it
+    records every network input."""
     forward = onnx_forward(onnx_file)
     recorded: List[np.ndarray] = []
 
@@ -190,7 +193,9 @@ def _recording_engine(onnx_file: Path, working_size: int) -> Tuple[SegmentationI
         recorded.extend(np.array(array, np.float32) for array in inputs)
         return forward(inputs)
 
-    return SegmentationInference(None, working_size, [mx.cpu()], forward=recording_forward), recorded
+    engine = SegmentationInference(None, working_size, [mx.cpu()], forward=recording_forward,
+                                   image_scale=image_scale)
+    return engine, recorded
 
 
 def judge(float_masks: Sequence[np.ndarray], int8_masks: Sequence[np.ndarray],

@@ -204,7 +204,10 @@ ATTRIBUTES = [None, "scale=0.5", "scale=3;tta=flip", "tta=flip", "scale=1e-9", "
 
 def _latin1(text):
     # HTTP header values are latin-1; hypothesis' text may hold any code point.
-    return None if text is None else text.encode("latin-1", "replace").decode("latin-1").replace("\n", " ")
+    if text is None:
+        return None
+    return "".join(c if " " <= c <= "~" or c >= "\xa0" else " "
+                   for c in text.encode("latin-1", "replace").decode("latin-1"))
 
 
 def _mutated(base: bytes, data) -> bytes:

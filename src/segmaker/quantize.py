@@ -111,7 +111,8 @@ def quantize_model_dir(model_dir: Path, samples: Sequence[Sample],
     staged = Path(staged_name)
     try:
         quantize_onnx(model.onnx_file, staged, calibration)
-        int8_engine = SegmentationInference(None, model.working_size, [mx.cpu()], forward=onnx_forward(staged),
+        int8_engine = SegmentationInference(None, model.working_size, [mx.cpu()],
+                                            forward=onnx_forward(staged),
                                             image_scale=model.manifest.image_scale)
         int8_masks = int8_engine.predict_masks([image for image, _ in samples])
         result = judge(float_masks, int8_masks, [mask for _, mask in samples], model.num_classes)

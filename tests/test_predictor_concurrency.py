@@ -46,9 +46,9 @@ def test_preparation_of_a_request_overlaps_another_requests_forward():
     prepared_by = []
     original_prepare = engine._prepare
 
-    def observed_prepare(image):
+    def observed_prepare(image, *options):
         prepared_by.append(threading.current_thread().name)
-        return original_prepare(image)
+        return original_prepare(image, *options)
 
     engine._prepare = observed_prepare
     predictor = Predictor(engine, ["a", "b"], "test")

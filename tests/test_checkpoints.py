@@ -1,4 +1,5 @@
 import logging
+import random
 
 import mxnet as mx
 import numpy as np
@@ -106,3 +107,53 @@ def test_the_data_seed_is_the_hyperparameter_else_the_checkpoint_s_else_a_logged
         drawn = data_seed(None, None)
     assert f"data seed {drawn} drawn" in caplog.text
     assert len({data_seed(None, None) for _ in range(3)} | {drawn}) > 1
+
+
+def test_a_state_is_checkpointed_once_and_restored_with_the_generator_states(tmp_path):
+    """A stop right after an epoch's checkpoint must not write the same checkpoint again (it costs the
+    time SageMaker gives a stop); a resumed run draws from Python's and numpy's generators what it would
+    have drawn."""
+    from segmaker.training.checkpoints import Checkpointing
+
+    net, trainer = tiny_net_and_trainer()
+    store = CheckpointStore(tmp_path, HYPERPARAMETERS)
+    checkpointing = Checkpointing(store, True, net, trainer, tmp_path / "best.params")
+    random.seed(1)
+    np.random.seed(2)
+    checkpointing.save(state(4))
+    expected = (random.random(), np.random.rand())
+    first = store.latest().directory
+    first_written = (first / "state.json").stat().st_mtime_ns
+    checkpointing.save(state(4))
+    assert (first / "state.json").stat().st_mtime_ns == first_written
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]
+
+    random.seed(99)
+    np.random.seed(99)
+    restored = Checkpointing(store, True, *tiny_net_and_trainer(), tmp_path / "best.params")
+    assert restored.restore(store.latest(), [mx.cpu()]) == state(4)
+    assert (random.random(), np.random.rand()) == expected
+
+
+def test_only_the_main_worker_writes_checkpoints(tmp_path):
+    from segmaker.training.checkpoints import Checkpointing
+
+    net, trainer = tiny_net_and_trainer()
+    store = CheckpointStore(tmp_path, HYPERPARAMETERS)
+    Checkpointing(store, False, net, trainer, tmp_path / "best.params").save(state(4))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mxnet_draws_depend_on_the_iteration_not_on_what_ran_before():
+    """Dropout draws of step i are the same in an uninterrupted and in a resumed run."""
+    from segmaker.training.rng import seeded_steps
+
+    def draws(first, count):
+        return [mx.nd.random.uniform(shape=(3,)).asnumpy() for _ in seeded_steps(range(count), 5, first)]
+
+    mx.random.seed(0)
+    uninterrupted = draws(0, 4)
+    mx.random.seed(123)  # whatever state a new process starts in
+    resumed = draws(2, 2)
+    np.testing.assert_array_equal(np.stack(resumed), np.stack(uninterrupted[2:]))
+    assert not np.array_equal(uninterrupted[0], uninterrupted[1])

@@ -37,6 +37,7 @@ import mxnet as mx
 
 from segmaker.config import BACKBONES as CONFIG_BACKBONES
 from segmaker.errors import UserError
+from segmaker.files import FILE_MODE, fsync_dir, fsync_file, write_file_atomically
 from segmaker.metrics import class_names_or_default
 from segmaker.models import (
     ALGORITHMS,
@@ -197,6 +198,7 @@ def write_model_dir(
     best: Optional[ParamsSource] = None,
     hyperparameters: Mapping[str, object],
     onnx: bool = True,
+    exports: bool = True,
 ) -> ModelArtifacts:
     """Write the whole model directory; call once at the end of training, or on SIGTERM with the best so far.
 
@@ -204,8 +206,9 @@ def write_model_dir(
     at the best validation mIOU: a network, or a parameter file the loop saved when that epoch ended (it
     may already be `model_dir/model_best.params`); without it (no validation channel) the final parameters
     are the best. The export and ONNX files are made from the best parameters, without the auxiliary head.
-    The ONNX export is the slow part (tens of seconds for ResNet-101 on a CPU): `onnx=False` skips it, e.g.
-    when SIGTERM leaves little time.
+    The ONNX export is the slow part (tens of seconds for ResNet-101 on a CPU): `onnx=False` skips it.
+    `exports=False` writes the parameters, hyperparams.json and segmaker.json only, building no network
+    (a stopped job, within SageMaker's 120 s): `add_exports` (`segmaker export DIR`) adds the rest later.
     """
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -214,28 +217,46 @@ def write_model_dir(
         final_net.save_parameters(str(staging / FINAL_PARAMS))
         _stage_best(best, staging, model_dir)
         _write_json(staging / HYPERPARAMETERS, dict(hyperparameters))
-        inference_net = _inference_network(manifest, staging / BEST_PARAMS, manifest.working_size)
-        _export_symbol(inference_net, manifest.working_size, staging)
-        if onnx:
-            _export_onnx(inference_net, manifest.working_size, staging / ONNX_FILE)
+        if exports:
+            _stage_exports(manifest, staging / BEST_PARAMS, staging, onnx)
         _write_json(staging / MANIFEST, manifest.to_json_dict())
-        _publish(staging, model_dir)
+        _publish(staging, model_dir, replace_all=True)
     finally:
         shutil.rmtree(str(staging), ignore_errors=True)
     return read_model_dir(model_dir)
 
 
+def add_exports(model_dir: Path, *, onnx: bool = True) -> ModelArtifacts:
+    """Add (or redo) the symbol export and the ONNX file of a model directory, from its best parameters.
+
+    For a directory written with `exports=False` (a stopped job's model); the other files stay as they are.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise UserError(f"{model_dir} is not a model directory (extract a model.tar.gz first)")
+    if (model_dir / TARBALL).is_file() and not (model_dir / MANIFEST).is_file():
+        raise UserError(f"{model_dir} holds {TARBALL}: extract it and export the extracted directory")
+    model = read_model_dir(model_dir)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=str(model.directory)))
+    try:
+        _stage_exports(model.manifest, model.params_file("best"), staging, onnx)
+        _publish(staging, model.directory, replace_all=False)
+    finally:
+        shutil.rmtree(str(staging), ignore_errors=True)
+    return read_model_dir(model.directory)
+
+
 def save_parameters_atomically(net: mx.gluon.HybridBlock, path: Path) -> None:
     """`net.save_parameters(path)` such that `path` is always either the old file or the complete new one."""
-    path = Path(path)
-    fd, temporary = tempfile.mkstemp(prefix="." + path.name + ".", dir=str(path.parent))
-    os.close(fd)
-    try:
-        net.save_parameters(temporary)
-        os.replace(temporary, str(path))
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    write_file_atomically(Path(path), lambda temporary: net.save_parameters(str(temporary)))
+
+
+def _stage_exports(manifest: ModelManifest, params_file: Path, staging: Path, onnx: bool) -> None:
+    """model-symbol.json, model-0000.params and (when `onnx`) model.onnx of `params_file`, into `staging`."""
+    inference_net = _inference_network(manifest, params_file, manifest.working_size)
+    _export_symbol(inference_net, manifest.working_size, staging)
+    if onnx:
+        _export_onnx(inference_net, manifest.working_size, staging / ONNX_FILE)
 
 
 def _stage_best(best: Optional[ParamsSource], staging: Path, model_dir: Path) -> None:
@@ -277,15 +298,20 @@ def _export_onnx(net: mx.gluon.HybridBlock, working_size: int, path: Path) -> No
     export_onnx(net, working_size, path)
 
 
-def _publish(staging: Path, model_dir: Path) -> None:
-    """Rename every staged file into the model directory, the manifest last; drop files of an older write
-    that this one did not produce (an ONNX file the new model could not be exported to)."""
+def _publish(staging: Path, model_dir: Path, replace_all: bool) -> None:
+    """Rename every staged file (fsync'ed, mode 0644) into the model directory, the manifest last; with
+    `replace_all`, drop the files of an older write that this one did not produce (an ONNX file the new
+    model could not be exported to, or the exports of a stopped job's write)."""
     produced = sorted(p.name for p in staging.iterdir())
-    for stale in set(_MANAGED_FILES) - set(produced):
-        if (model_dir / stale).exists():
-            (model_dir / stale).unlink()
+    if replace_all:
+        for stale in set(_MANAGED_FILES) - set(produced):
+            if (model_dir / stale).exists():
+                (model_dir / stale).unlink()
     for name in sorted(produced, key=lambda n: n == MANIFEST):
+        os.chmod(str(staging / name), FILE_MODE)
+        fsync_file(staging / name)
         os.replace(str(staging / name), str(model_dir / name))
+    fsync_dir(model_dir)
 
 
 # model.int8.onnx is managed too: a rewrite of the directory drops the int8 model of the older float one.

@@ -1,14 +1,14 @@
-"""The `segmaker` command: `train`, `serve`, `quantize`, and the Pipe-mode helpers.
+"""The `segmaker` command: `train`, `serve`, `export`, `quantize`, and the Pipe-mode helpers.
 
 This is the one place that decides exit codes, writes `output/failure` and installs signal handlers.
 - A `UserError` becomes its plain message in the failure file (SageMaker shows the first 1024
   characters as FailureReason); exit 1.
 - Any other exception is a bug: "Internal error: <type>: <message>" in the failure file, the full
   traceback in the log; exit 2.
-- SIGTERM (StopTrainingJob, spot interruption) asks training to stop after the current iteration; it
-  writes a checkpoint and the best model so far and we exit 143 (128 + SIGTERM) without a failure
-  file: SageMaker marks a job it stopped as "Stopped" whatever the exit code, and a non-zero code
-  keeps a stopped local run from looking like a finished one.
+- SIGTERM (StopTrainingJob, spot interruption) asks training to stop after the current iteration (or
+  validation batch); it writes a checkpoint and the best model so far and we exit 143 (128 + SIGTERM)
+  without a failure file: SageMaker marks a job it stopped as "Stopped" whatever the exit code, and a
+  non-zero code keeps a stopped local run from looking like a finished one.
 """
 
 import argparse
@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import traceback
+from pathlib import Path
 from typing import Callable, List, Optional
 
 from segmaker import environment
@@ -65,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=_train_command)
     serve = commands.add_parser("serve", help="serve the model in /opt/ml/model over HTTP")
     serve.set_defaults(handler=_serve_command)
+    export = commands.add_parser(
+        "export", help="add the MXNet symbol and ONNX exports to a model directory (a stopped job's)"
+    )
+    export.add_argument("model_dir", type=Path, help="a model directory (model.tar.gz extracted)")
+    export.set_defaults(handler=_export_command)
     for name in HELPERS:
         # Listed for `segmaker --help` only: main() hands these commands to their own parsers.
         commands.add_parser(name, add_help=False, help=f"{HELPER_HELP[name]}; `--help` for its options")
@@ -184,7 +190,7 @@ def run_and_report(
 def _set_flag(flag: threading.Event) -> Callable:
     def handler(signum, _frame) -> None:
         # Only set the flag: the loop checks it between iterations, where stopping is safe.
-        log.warning("Received signal %d: stopping after the current iteration", signum)
+        log.warning("Received signal %d: stopping after the current iteration or validation batch", signum)
         flag.set()
 
     return handler
@@ -217,6 +223,20 @@ def _serve_command(_args: argparse.Namespace) -> int:
     except UserError as exc:
         log.error("Cannot serve: %s", exc)
         return EXIT_USER_ERROR
+    return EXIT_OK
+
+
+def _export_command(args: argparse.Namespace) -> int:
+    from segmaker import artifacts
+
+    try:
+        model = artifacts.add_exports(args.model_dir)
+    except UserError as exc:
+        log.error("Cannot export: %s", exc)
+        return EXIT_USER_ERROR
+    exports = (model.symbol_file, model.export_params, model.onnx_file)
+    made = [path.name for path in exports if path is not None]
+    log.info("Exported %s into %s", ", ".join(made), model.directory)
     return EXIT_OK
 
 

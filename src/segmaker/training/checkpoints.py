@@ -1,15 +1,17 @@
 """Checkpoints for spot training: one directory per save, written atomically, the last 2 kept.
 
-Training saves one at the end of every epoch and one when it is asked to stop (SIGTERM), which can be
-in the middle of an epoch: a checkpoint records how many iterations are done, and a resumed run
-finishes the interrupted epoch with the iterations it still lacks.
+Training saves one at the end of every epoch and one when it is asked to stop (SIGTERM) unless that state
+is already saved; a stop can come in the middle of an epoch or of its validation: a checkpoint records how
+many iterations are done, and a resumed run trains the batches the interrupted epoch still lacks (the same
+global batches it would have trained: `data.order`), then validates it.
 
 A checkpoint is a directory `checkpoint-<fingerprint>-iter-<NNNNNNNNN>/` holding the network parameters,
 the optimizer states, the best parameters so far and `state.json` (iterations done, early-stopping counters,
-metric history, the hyperparameters, and the size of every file). It is assembled under a temporary
-name, every file fsync'ed, then renamed into place, so a reader never sees half a checkpoint on this
-disk. SageMaker syncs the folder to S3 file by file, so a restored folder can still be incomplete: a
-checkpoint only counts when `state.json` exists and every file it lists has the recorded size.
+metric history, the hyperparameters, the data seed, Python's and numpy's generator states, and the size of
+every file). It is assembled under a temporary name, every file fsync'ed, then renamed into place
+(`files.staged_directory`), so a reader never sees half a checkpoint on this disk. SageMaker syncs the
+folder to S3 file by file, so a restored folder can still be incomplete: a checkpoint only counts when
+`state.json` exists and every file it lists has the recorded size.
 
 The fingerprint is a hash of the resolved hyperparameters. Resuming needs the same hyperparameters; a
 checkpoint written with others is logged, left alone (never rotated away), and training starts fresh:
@@ -20,12 +22,13 @@ and failing would block a user who changed settings on purpose.
 import hashlib
 import json
 import logging
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from segmaker.files import staged_directory
+from segmaker.training import rng
 from segmaker.training.early_stopping import EarlyStoppingState
 from segmaker.training.epoch import EpochStats
 
@@ -36,7 +39,6 @@ TRAINER_FILE = "trainer.states"
 BEST_PARAMS_FILE = "best.params"
 STATE_FILE = "state.json"
 NAME_PREFIX = "checkpoint-"
-TEMP_PREFIX = ".tmp-"
 KEEP = 2
 
 
@@ -81,6 +83,7 @@ class TrainingState:
 class Checkpoint:
     directory: Path
     state: TrainingState
+    rng_states: Optional[dict] = None  # Python's and numpy's generators when it was written (training.rng)
 
     @property
     def params_file(self) -> Path:
@@ -109,22 +112,22 @@ class CheckpointStore:
         self.keep = keep
         self._prefix = f"{NAME_PREFIX}{fingerprint(hyperparameters)}-iter-"
 
-    def save(self, state: TrainingState, net, trainer, best_params: Optional[Path]) -> Path:
+    def save(
+        self,
+        state: TrainingState,
+        net,
+        trainer,
+        best_params: Optional[Path],
+        rng_states: Optional[dict] = None,
+    ) -> Path:
         """Write the checkpoint for `state` atomically, then drop all but the newest `keep`."""
         final = self.directory / f"{self._prefix}{state.completed_iterations:09d}"
-        temp = self.directory / f"{TEMP_PREFIX}{final.name}.{os.getpid()}"
-        shutil.rmtree(temp, ignore_errors=True)
-        temp.mkdir(parents=True)
-        net.save_parameters(str(temp / PARAMS_FILE))
-        trainer.save_states(str(temp / TRAINER_FILE))
-        if best_params is not None and best_params.exists():
-            shutil.copyfile(str(best_params), str(temp / BEST_PARAMS_FILE))
-        _write_state(temp, state)
-        _fsync_tree(temp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(str(temp), str(final))
-        _fsync_dir(self.directory)
+        with staged_directory(final) as temp:
+            net.save_parameters(str(temp / PARAMS_FILE))
+            trainer.save_states(str(temp / TRAINER_FILE))
+            if best_params is not None and best_params.exists():
+                shutil.copyfile(str(best_params), str(temp / BEST_PARAMS_FILE))
+            _write_state(temp, state, rng_states)
         self._rotate()
         return final
 
@@ -168,9 +171,9 @@ def differing_keys(old: Dict[str, object], new: Dict[str, object]) -> List[str]:
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
-def _write_state(directory: Path, state: TrainingState) -> None:
+def _write_state(directory: Path, state: TrainingState, rng_states: Optional[dict]) -> None:
     sizes = {p.name: p.stat().st_size for p in directory.iterdir()}
-    document = {"files": sizes, "state": state.to_json_dict()}
+    document = {"files": sizes, "state": state.to_json_dict(), "rng": rng_states}
     (directory / STATE_FILE).write_text(json.dumps(document, indent=1), encoding="utf-8")
 
 
@@ -180,21 +183,47 @@ def _read_complete(directory: Path) -> Optional[Checkpoint]:
         for name, size in document["files"].items():
             if (directory / name).stat().st_size != size:
                 return None
-        return Checkpoint(directory, TrainingState.from_json_dict(document["state"]))
+        state = TrainingState.from_json_dict(document["state"])
+        return Checkpoint(directory, state, document.get("rng"))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def _fsync_tree(directory: Path) -> None:
-    for path in directory.iterdir():
-        with open(str(path), "rb") as handle:
-            os.fsync(handle.fileno())
-    _fsync_dir(directory)
+class Checkpointing:
+    """What the training loop asks of checkpoints: restore a run from one, and save each state once.
 
+    Only the main worker writes (on several hosts every checkpoint folder syncs to the same S3 prefix).
+    A state is written at most once: a stop right after an epoch's checkpoint writes nothing more.
+    """
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(str(directory), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    def __init__(self, store: Optional[CheckpointStore], is_main: bool, net, trainer, best_params: Path):
+        self.store, self.is_main = store, is_main
+        self.net, self.trainer, self.best_params = net, trainer, best_params
+        self._saved: Optional[TrainingState] = None
+
+    def restore(self, checkpoint: Checkpoint, contexts) -> TrainingState:
+        """Parameters, optimizer states, best parameters and generator states of `checkpoint`."""
+        self.net.load_parameters(str(checkpoint.params_file), ctx=contexts, cast_dtype=True)
+        self.trainer.load_states(str(checkpoint.trainer_file))
+        if checkpoint.best_params_file.exists():
+            shutil.copyfile(str(checkpoint.best_params_file), str(self.best_params))
+        if checkpoint.rng_states is not None:
+            rng.restore(checkpoint.rng_states)
+        state = checkpoint.state
+        log.info(
+            "Resuming from checkpoint %s: %d epochs done, %d iterations into epoch %d",
+            checkpoint.directory,
+            len(state.history),
+            state.partial_epoch.iterations,
+            len(state.history),
+        )
+        self._saved = state
+        return state
+
+    def save(self, state: TrainingState) -> None:
+        if self.store is None or not self.is_main or state == self._saved:
+            return
+        best = self.best_params if self.best_params.exists() else None
+        path = self.store.save(state, self.net, self.trainer, best, rng.capture())
+        self._saved = state
+        log.info("Checkpoint written: %s", path)

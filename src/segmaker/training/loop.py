@@ -6,23 +6,21 @@ checkpoint stores, so a resumed run continues as if it had never stopped.
 """
 
 import logging
-import random
-import shutil
 import tempfile
 import threading
 import time
 from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Optional
 
-import mxnet as mx
 import numpy as np
 
 from segmaker import metrics, outputs
 from segmaker.data.order import DataOrder, draw_seed
 from segmaker.outputs import EpochRecord
-from segmaker.training.checkpoints import Checkpoint, CheckpointStore, TrainingState
+from segmaker.training import rng
+from segmaker.training.checkpoints import Checkpoint, Checkpointing, CheckpointStore, TrainingState
 from segmaker.training.class_weights import check_training_classes, resolve_class_weights
 from segmaker.training.devices import (
     check_precision,
@@ -40,6 +38,7 @@ from segmaker.training.loss import SegmentationLoss
 from segmaker.training.model_dir import write_model
 from segmaker.training.network import build_training_network, working_size
 from segmaker.training.optimizer import make_trainer
+from segmaker.training.reporting import Reporter
 from segmaker.training.schedule import schedule_for
 from segmaker.training.validation import Validator
 
@@ -65,7 +64,7 @@ def train(
     # Every host must draw its batches from the same order: the main host's seed wins.
     seed = cluster.broadcast_integer("data-seed", data_seed(config.seed, checkpoint))
     order = DataOrder(seed, config.mini_batch_size, role.rank, role.world_size)
-    _seed(order.seed)
+    rng.seed_all(order.seed)
     data = find_training_data(job, order.seed, role.rank, role.world_size)
     per_epoch = iterations_per_epoch(config.num_training_samples, data.train.size, config.mini_batch_size)
     _log_plan(config, contexts, data, per_epoch)
@@ -88,12 +87,6 @@ def data_seed(configured: Optional[int], checkpoint: Optional[Checkpoint]) -> in
     return seed
 
 
-def _seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    mx.random.seed(seed)
-
-
 def _log_plan(config, contexts, data: TrainingData, per_epoch: int) -> None:
     log.info(
         "Training %s/%s (%d classes) on %s: %s, %d iterations per epoch of %d images, %d epochs",
@@ -113,7 +106,7 @@ def _log_plan(config, contexts, data: TrainingData, per_epoch: int) -> None:
 
 
 class _Run:
-    """One training run; `run()` drives the epochs."""
+    """One training run: `run()` is the recipe, each step below it one small piece."""
 
     def __init__(
         self,
@@ -142,62 +135,49 @@ class _Run:
         )
         self.schedule = schedule_for(config, per_epoch)
         self.rule = EarlyStoppingRule.from_config(config)
-        self.validator = Validator(config, contexts) if feed.data.has_validation else None
         self.best_params = scratch / "best.params"
-        self.hyperparameters = config.to_json_dict()
-        self.store = store
+        validated = scratch / "validated.params"
+        self.validator = Validator(config, contexts, validated) if feed.data.has_validation else None
+        self.checkpoints = Checkpointing(store, self.role.is_main, net, self.trainer, self.best_params)
+        self.reporter = Reporter(config, self.role, job.paths)
 
     def run(self, stop_requested: threading.Event, checkpoint: Optional[Checkpoint]) -> TrainingResult:
         """`stop_requested` is this host's SIGTERM flag; on several hosts the loop acts on `self.stop`, set
         on every host at the same iteration when any host's flag is (see Cluster.agreed_batches)."""
         self.local_stop = stop_requested
-        self.stop = threading.Event() if self.cluster.is_distributed else stop_requested
-        stop_requested = self.stop
-        state = self._resume(checkpoint)
+        self.stop = stop = threading.Event() if self.cluster.is_distributed else stop_requested
+        state = self._start(checkpoint)
         self.cluster.broadcast_parameters(self.net)
-        while len(state.history) < self.config.epochs and not state.early_stopping.should_stop(self.rule):
+        while not self._done(state):
             epoch = len(state.history)
-            state = self._train_rest_of_epoch(epoch, state, stop_requested)
-            if stop_requested.is_set():
-                self._save(state, finished=False)
-                return self._result(state, completed=False)
-            state = self._end_epoch(epoch, state)
-            self._checkpoint(state)
+            state = self._train_rest_of_epoch(epoch, state, stop)
+            if stop.is_set():
+                return self._stop(state)
+            if epoch == 0:
+                check_training_classes(state.partial_epoch.class_pixels, self.config.num_classes)
+            matrix = self._validate(epoch)
+            if stop.is_set():
+                return self._stop(state)
+            state = self._end_epoch(epoch, state, matrix)
+            self.checkpoints.save(state)
+        return self._finish(state)
+
+    def _start(self, checkpoint: Optional[Checkpoint]) -> TrainingState:
+        if checkpoint is not None:
+            return self.checkpoints.restore(checkpoint, self.contexts)
+        hyperparameters = self.config.to_json_dict()
+        return TrainingState(0, EarlyStoppingState(), (), hyperparameters, data_seed=self.feed.order.seed)
+
+    def _done(self, state: TrainingState) -> bool:
         if state.early_stopping.should_stop(self.rule):
             log.info("Early stopping after epoch %d", len(state.history) - 1)
-        self._save(state, finished=True)
-        return self._result(state, completed=True)
-
-    # -- resume and checkpoints -------------------------------------------------------------------------
-
-    def _resume(self, checkpoint: Optional[Checkpoint]) -> TrainingState:
-        seed = self.feed.order.seed
-        fresh = TrainingState(0, EarlyStoppingState(), (), self.hyperparameters, data_seed=seed)
-        if checkpoint is None:
-            return fresh
-        self.net.load_parameters(str(checkpoint.params_file), ctx=self.contexts, cast_dtype=True)
-        self.trainer.load_states(str(checkpoint.trainer_file))
-        if checkpoint.best_params_file.exists():
-            shutil.copyfile(str(checkpoint.best_params_file), str(self.best_params))
-        state = checkpoint.state
-        log.info(
-            "Resuming from checkpoint %s: %d epochs done, %d iterations into epoch %d",
-            checkpoint.directory,
-            len(state.history),
-            state.partial_epoch.iterations,
-            len(state.history),
-        )
-        return state
-
-    def _checkpoint(self, state: TrainingState) -> None:
-        if self.store is not None and self.role.is_main:
-            path = self.store.save(state, self.net, self.trainer, self.best_params)
-            log.info("Checkpoint written: %s", path)
+            return True
+        return len(state.history) >= self.config.epochs
 
     # -- one epoch -----------------------------------------------------------------------------------------
 
     def _train_rest_of_epoch(self, epoch: int, state: TrainingState, stop: threading.Event) -> TrainingState:
-        """Train the iterations `epoch` still lacks (all of them, unless it was interrupted before)."""
+        """Train the global batches `epoch` still lacks (all of them, unless it was interrupted before)."""
         remaining = (epoch + 1) * self.per_epoch - state.completed_iterations
         if remaining <= 0 or stop.is_set():
             return state
@@ -205,11 +185,12 @@ class _Run:
         first = state.completed_iterations - epoch * self.per_epoch
         with closing(self.feed.train_batches(epoch, first, remaining)) as batches:
             batches = self.cluster.agreed_batches(batches, self.local_stop, self.stop)
+            steps = rng.seeded_steps(batches, self.feed.order.seed, state.completed_iterations)
             stats = train_one_epoch(
                 self.net,
                 self.trainer,
                 self.loss,
-                batches,
+                steps,
                 self.contexts,
                 self.schedule,
                 plan,
@@ -245,21 +226,38 @@ class _Run:
             class_pixels=pixels,
         )
 
-    def _end_epoch(self, epoch: int, state: TrainingState) -> TrainingState:
-        """Validate, update early stopping and the best weights, report; the epoch joins the history."""
+    def _validate(self, epoch: int) -> Optional[metrics.ConfusionMatrix]:
+        """The epoch's confusion matrix (None without validation data, or when a stop cut it short).
+
+        On one host a stop request interrupts validation between batches. On several hosts `self.stop` only
+        changes where the hosts agree on it (every host must take part in the same sums), so validation
+        runs to its end and a stop asked meanwhile is agreed after it."""
+        if self.validator is None:
+            return None
+        log.info("Validating epoch %d", epoch)
+        started = time.monotonic()
+        with closing(self.feed.validation_batches()) as batches:
+            matrix = self.validator.validate(self.net, batches, self.stop)
+        log.info("Epoch %d: validation %.1f s", epoch, time.monotonic() - started)
+        if matrix is None:
+            return None
+        # Each host validated its share: the sum of the counts is the exact matrix of the whole set, known to
+        # every host, so early stopping decides alike everywhere. A stop asked meanwhile is agreed here.
+        matrix.counts = self.cluster.sum_integers("confusion", matrix.counts)
+        self.cluster.agree_on_stop(self.local_stop, self.stop)
+        return matrix
+
+    def _end_epoch(
+        self, epoch: int, state: TrainingState, matrix: Optional[metrics.ConfusionMatrix]
+    ) -> TrainingState:
+        """Early stopping and the best weights updated, the epoch reported and added to the history."""
         stats = state.partial_epoch
-        if epoch == 0:
-            check_training_classes(stats.class_pixels, self.config.num_classes)
-        validation_started = time.monotonic()
-        matrix = self._validate()
-        scores = matrix.scores() if matrix is not None else None
-        validation_seconds = time.monotonic() - validation_started
         early_stopping = state.early_stopping
-        if scores is not None:
-            early_stopping = early_stopping.update(epoch, scores["mIOU"], self.rule)
-        best = scores is None or early_stopping.is_best(epoch)
+        if matrix is not None:
+            early_stopping = early_stopping.update(epoch, matrix.scores()["mIOU"], self.rule)
+        best = matrix is not None and early_stopping.is_best(epoch)
         if best:
-            self.net.save_parameters(str(self.best_params))
+            self.validator.keep_snapshot_as(self.best_params)
         record = EpochRecord.of_epoch(
             epoch, stats.mean_loss, stats.throughput, stats.last_lr, stats.seconds, matrix
         )
@@ -269,70 +267,46 @@ class _Run:
             history=outputs.append_history(state.history, record, matrix if best else None),
             partial_epoch=EpochStats(),
         )
-        self._report(record, scores)
-        if matrix is not None:
-            log.info("Epoch %d validation per class:\n%s", epoch,
-                     metrics.per_class_table(matrix, self.config.class_names))
-        log.info("Epoch %d: training %.1f s, validation %.1f s", epoch, record.seconds, validation_seconds)
-        if self.role.is_main:
-            outputs.write_metrics([EpochRecord.from_dict(row) for row in state.history],
-                                  self.job.paths.output_data_dir, self.config.class_names)
+        self.reporter.epoch(record, matrix, state.history)
         return state
-
-    def _validate(self) -> Optional[metrics.ConfusionMatrix]:
-        if self.validator is None:
-            return None
-        self.validator.load_weights_from(self.net)
-        matrix = self.validator.evaluate(self.feed.validation_batches())
-        # Each host validated its share: the sum of the counts is the exact matrix of the whole set, known to
-        # every host, so early stopping decides alike everywhere. A stop asked meanwhile is agreed here.
-        matrix.counts = self.cluster.sum_integers("confusion", matrix.counts)
-        self.cluster.agree_on_stop(self.local_stop, self.stop)
-        return matrix
-
-    def _report(self, record: EpochRecord, scores: Optional[Dict[str, float]]) -> None:
-        host, epoch = self.role.host, record.epoch
-        lines = [
-            metrics.train_loss_line(host, epoch, record.train_loss),
-            metrics.train_throughput_line(host, epoch, record.throughput),
-        ]
-        if scores is not None:
-            lines += [metrics.validation_line(host, epoch, name, value) for name, value in scores.items()]
-        lines.append(metrics.progress_line(host, epoch + 1, self.config.epochs))
-        if not self.role.is_main:
-            return  # one voice: the metric lines of a multi-host job come from algo-1 only
-        # The metric lines go to stdout bare (no timestamp prefix), byte for byte as the built-in prints them.
-        print("\n".join(lines), flush=True)
 
     # -- the end -------------------------------------------------------------------------------------------
 
-    def _save(self, state: TrainingState, finished: bool) -> None:
-        """The model directory and output/data (main worker only); when stopped early, a checkpoint first
-        and no prediction plot (SageMaker's 120 s before SIGKILL are better spent on the model)."""
-        if not self.role.is_main:
-            return
-        if not finished:
-            self._checkpoint(state)
-        best = self.best_params if self.best_params.exists() else None
-        label_map = self.feed.data.train_label_map
-        write_model(self.job, self.net, best, state.early_stopping, label_map, working_size(self.config))
-        self._write_outputs(state.history, best if finished else None)
+    def _stop(self, state: TrainingState) -> TrainingResult:
+        """Within SageMaker's 120 s: one checkpoint (none if this state has one), the model without its
+        exports (no network built: `segmaker export` adds them), output/data without the prediction plot."""
+        self.checkpoints.save(state)
+        self._write_model(state, exports=False)
+        self.reporter.final(state.history, examples=None)
+        return _result(state, completed=False)
 
-    def _write_outputs(self, history, plot_with: Optional[Path]) -> None:
-        """output/data and its report.html; prediction examples too when given the parameters to plot with."""
-        examples = None
+    def _finish(self, state: TrainingState) -> TrainingResult:
+        self._write_model(state, exports=True)
+        self.reporter.final(state.history, self._prediction_examples())
+        return _result(state, completed=True)
+
+    def _write_model(self, state: TrainingState, exports: bool) -> None:
+        if self.role.is_main:
+            best = self.best_params if self.best_params.exists() else None
+            label_map = self.feed.data.train_label_map
+            write_model(
+                self.job, self.net, best, state.early_stopping, label_map, working_size(self.config), exports
+            )
+
+    def _prediction_examples(self) -> Optional[outputs.Examples]:
+        """A few validation images predicted with the best weights, for the plot (main worker only)."""
         images, truths = self.feed.examples
-        if self.validator is not None and plot_with is not None and images:
-            self.validator.load_weights_file(plot_with)
-            examples = outputs.Examples(images, truths, self.validator.predict(images))
-        report = outputs.write_outputs(self.job.paths.output_data_dir, history, self.config, examples)
-        log.info("Report: %s", report)
+        if not self.role.is_main or self.validator is None or not images or not self.best_params.exists():
+            return None
+        self.validator.load_weights_file(self.best_params)
+        return outputs.Examples(images, truths, self.validator.predict(images))
 
-    def _result(self, state: TrainingState, completed: bool) -> TrainingResult:
-        early = state.early_stopping
-        return TrainingResult(
-            completed=completed,
-            history=tuple(EpochRecord.from_dict(row) for row in state.history),
-            best_epoch=early.best_epoch,
-            best_miou=early.best_miou if early.best_epoch is not None else None,
-        )
+
+def _result(state: TrainingState, completed: bool) -> TrainingResult:
+    early = state.early_stopping
+    return TrainingResult(
+        completed=completed,
+        history=tuple(EpochRecord.from_dict(row) for row in state.history),
+        best_epoch=early.best_epoch,
+        best_miou=early.best_miou if early.best_epoch is not None else None,
+    )

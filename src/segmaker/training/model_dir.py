@@ -22,8 +22,10 @@ def write_model(
     early_stopping: EarlyStoppingState,
     label_map: LabelMap,
     working_size: int,
+    exports: bool = True,
 ) -> None:
-    """The model directory: best parameters (the final ones when nothing was validated) and final ones."""
+    """The model directory: best parameters (the final ones when nothing was validated) and final ones;
+    the symbol and ONNX exports too unless `exports` is False (a stop: no time to build networks)."""
     config = job.config
     validated = early_stopping.best_epoch is not None
     manifest = artifacts.ModelManifest(
@@ -43,7 +45,12 @@ def write_model(
         final_net=net,
         best=best_params,
         hyperparameters=config.to_json_dict(),
+        exports=exports,
     )
+    if not exports:
+        log.info("Model written to %s without its symbol and ONNX exports (`segmaker export %s` adds them)",
+                 job.paths.model_dir, job.paths.model_dir)
+        return
     log.info("Model written to %s", job.paths.model_dir)
-    if written.onnx_file is not None:  # not when a stop skipped the export: nothing to quantize, no time
+    if written.onnx_file is not None:
         quantize_after_training(job.paths, job.channels, written.directory)

@@ -1,0 +1,132 @@
+"""A stop request (SIGTERM) ends the job within SageMaker's budget, and what it leaves is usable."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from segmaker import artifacts, cli, environment
+from segmaker.config import parse_hyperparameters
+from segmaker.training.checkpoints import CheckpointStore
+from tests.serving_model import write_tiny_model_dir
+from tests.synthetic import write_opt_ml
+
+REPO = Path(__file__).resolve().parents[1]
+STOP_BUDGET_SECONDS = 60  # SageMaker SIGKILLs 120 s after SIGTERM; keep half of it spare
+
+
+class Output:
+    """The lines a process prints, collected by a thread while it runs."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.lines = []
+        self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self._thread.start()
+
+    def _read(self, process: subprocess.Popen) -> None:
+        for line in process.stdout:
+            self.lines.append(line)
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, fragment: str, process: subprocess.Popen, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while fragment not in self.text():
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise AssertionError(f"no {fragment!r} in the output:\n{self.text()}")
+            time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_a_stop_during_a_long_validation_ends_the_job_within_the_budget(tmp_path):
+    """Validation of 40 images at working size 512 on the CPU takes minutes (the test checks that from the
+    images validated before the signal); SIGTERM during it must end the job within 60 s: validation looks
+    at the stop flag between batches, one checkpoint is written, and the model directory without building
+    a network (before, a stop waited for the whole validation, then built and exported the network)."""
+    hyperparameters = {
+        "use_pretrained_model": "False", "crop_size": 32, "base_size": 512, "epochs": 1,
+        "mini_batch_size": 2, "validation_mini_batch_size": 1, "data_workers": 1, "seed": 3,
+    }
+    paths = write_opt_ml(tmp_path, train=4, validation=40, hyperparameters=hyperparameters)
+    paths.checkpoints_dir.mkdir()
+    env = dict(os.environ, SAGEMAKER_BASE_DIR=str(paths.base), PYTHONUNBUFFERED="1")
+    process = subprocess.Popen([sys.executable, "-m", "segmaker", "train"], cwd=str(REPO), env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = Output(process)
+    output.wait_for("Validating epoch 0", process, timeout=300)
+    validation_started = time.monotonic()
+    time.sleep(10)  # well into validation
+    signalled = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_BUDGET_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise AssertionError(f"running {STOP_BUDGET_SECONDS} s after SIGTERM:\n{output.text()}") from None
+    seconds = time.monotonic() - signalled
+    log = output.text()
+    print(f"stopped {seconds:.1f} s after SIGTERM; the log from the signal on:")
+    print(log[log.index("Received signal"):])
+    assert process.returncode == cli.EXIT_STOPPED, log
+    assert not paths.failure_file.exists()
+    assert "validation mIOU" not in log  # the stop came during validation, which never finished
+    validated = int(re.search(r"Validation interrupted by the stop request after (\d+) images", log).group(1))
+    whole_validation = 40 * (signalled - validation_started) / max(validated, 1)
+    print(f"{validated} images validated in {signalled - validation_started:.0f} s: the whole validation"
+          f" would have taken about {whole_validation:.0f} s")
+    assert whole_validation > 2 * STOP_BUDGET_SECONDS
+    assert log.count("Checkpoint written") == 1, log
+
+    config = parse_hyperparameters(environment.read_hyperparameters(paths))
+    checkpoint = CheckpointStore(paths.checkpoints_dir, config.to_json_dict()).latest()
+    assert checkpoint.state.completed_iterations == 2 and checkpoint.state.history == ()
+
+    model = artifacts.read_model_dir(paths.model_dir)
+    assert model.onnx_file is None and model.symbol_file is None  # no network was built to export
+    inference = artifacts.load_inference(model, [mx.cpu()], working_size=64)
+    (mask,) = inference.predict_masks([np.zeros((40, 56, 3), dtype=np.uint8)])
+    assert mask.shape == (40, 56)
+
+
+def test_export_adds_the_symbol_and_onnx_files_to_a_stopped_job_s_model(tmp_path, caplog):
+    """What the README tells users to run on a stopped job's model directory."""
+    model_dir = write_tiny_model_dir(tmp_path / "model", "fcn", size=32)
+    stopped = artifacts.read_model_dir(model_dir)
+    manifest_before = (model_dir / artifacts.MANIFEST).read_bytes()
+    # A stopped job's write: parameters and manifest only.
+    artifacts.write_model_dir(model_dir, stopped.manifest, final_net=_loaded_net(stopped), exports=False,
+                              best=stopped.best_params, hyperparameters={})
+    assert artifacts.read_model_dir(model_dir).onnx_file is None
+
+    assert cli.main(["export", str(model_dir)]) == cli.EXIT_OK
+    exported = artifacts.read_model_dir(model_dir)
+    assert exported.symbol_file and exported.export_params and exported.onnx_file
+    assert (model_dir / artifacts.MANIFEST).read_bytes() == manifest_before
+    assert oct(exported.onnx_file.stat().st_mode & 0o777) == "0o644"
+    served = mx.gluon.SymbolBlock.imports(str(exported.symbol_file), ["data"], str(exported.export_params))
+    reference = artifacts.load_inference(exported, [mx.cpu()])
+    image = mx.nd.random.uniform(shape=(1, 3, 32, 32))
+    expected = reference.forward([image[0].asnumpy()])[0].asnumpy()
+    np.testing.assert_allclose(served(image)[0].asnumpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_export_of_something_else_is_a_user_error(tmp_path):
+    assert cli.main(["export", str(tmp_path / "absent")]) == cli.EXIT_USER_ERROR
+
+
+def _loaded_net(model):
+    from segmaker.models import build_network, load_parameters
+
+    net = build_network(model.algorithm, model.backbone, model.num_classes, size=model.working_size, aux=True)
+    load_parameters(net, model.final_params)
+    return net

@@ -13,7 +13,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from segmaker import artifacts, cli, environment
+from segmaker import artifacts, cli, environment, outputs
 from segmaker.config import parse_hyperparameters
 from segmaker.training.checkpoints import CheckpointStore
 from tests.serving_model import write_tiny_model_dir
@@ -86,6 +86,8 @@ def test_a_stop_during_a_long_validation_ends_the_job_within_the_budget(tmp_path
           f" would have taken about {whole_validation:.0f} s")
     assert whole_validation > 2 * STOP_BUDGET_SECONDS
     assert log.count("Checkpoint written") == 1, log
+    assert (paths.output_data_dir / outputs.METRICS_JSON).is_file()
+    assert not (paths.output_data_dir / outputs.PREDICTIONS_PNG).exists()  # no time spent on the plot
 
     config = parse_hyperparameters(environment.read_hyperparameters(paths))
     checkpoint = CheckpointStore(paths.checkpoints_dir, config.to_json_dict()).latest()

@@ -46,7 +46,7 @@ def train(monkeypatch, paths: Paths, stop_after: int = 0, cpu_devices: str = "1"
                 yield batch
 
         monkeypatch.setattr(feed_module.DataFeed, "train_batches", train_batches)
-    completed = cli._train(paths, stop)
+    completed = cli._train(paths, stop, threading.Event())
     monkeypatch.undo()
     return completed
 

@@ -112,7 +112,9 @@ def test_two_hosts_train_as_one_host_with_two_devices(tmp_path, ports):
     for a, b in zip(together, single):
         assert a.mIOU == pytest.approx(b.mIOU, rel=0.02)
         assert a.pixel_accuracy == pytest.approx(b.pixel_accuracy, rel=0.02)
-        assert a.train_loss == pytest.approx(b.train_loss, rel=0.02)
+        # The train loss moves with the Dropout masks, which differ between two hosts and two devices of one
+        # host (training.rng re-seeds MXNet per step and host, for exact resume): measured 3-5 % apart.
+        assert a.train_loss == pytest.approx(b.train_loss, rel=0.08)
 
 
 def test_a_host_with_unreadable_data_fails_the_job_on_every_host_with_its_reason(tmp_path, ports):

@@ -185,7 +185,8 @@ class _Run:
         first = state.completed_iterations - epoch * self.per_epoch
         with closing(self.feed.train_batches(epoch, first, remaining)) as batches:
             batches = self.cluster.agreed_batches(batches, self.local_stop, self.stop)
-            steps = rng.seeded_steps(batches, self.feed.order.seed, state.completed_iterations)
+            first_iteration = state.completed_iterations
+            steps = rng.seeded_steps(batches, self.feed.order.seed, first_iteration, self.role.rank)
             stats = train_one_epoch(
                 self.net,
                 self.trainer,

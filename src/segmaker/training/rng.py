@@ -29,14 +29,17 @@ def seed_all(seed: int) -> None:
     mx.random.seed(seed)
 
 
-def step_seed(seed: int, iteration: int) -> int:
-    return int(np.random.SeedSequence([seed, _STEP_STREAM, iteration]).generate_state(1)[0] % (2**31))
+def step_seed(seed: int, iteration: int, rank: int = 0) -> int:
+    entropy = [seed, _STEP_STREAM, iteration, rank]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0] % (2**31))
 
 
-def seeded_steps(batches: Iterable[Item], seed: int, first_iteration: int) -> Iterator[Item]:
-    """`batches` as they are, MXNet re-seeded for global iteration i as batch i is handed to the step."""
+def seeded_steps(batches: Iterable[Item], seed: int, first_iteration: int, rank: int = 0) -> Iterator[Item]:
+    """`batches` as they are, MXNet re-seeded for global iteration i as batch i is handed to the step.
+
+    Each host (`rank`) gets its own stream, as the devices of one host draw different dropout masks."""
     for iteration, batch in enumerate(batches, start=first_iteration):
-        mx.random.seed(step_seed(seed, iteration))
+        mx.random.seed(step_seed(seed, iteration, rank))
         yield batch
 
 

@@ -126,3 +126,25 @@ def test_kvstore_choice_by_host_count():
         resolve_kvstore("local", cpus, 2)
     with pytest.raises(UserError, match="dist_async is not supported"):
         resolve_kvstore("dist_async", cpus, 2)
+
+
+def test_each_host_slices_replicated_data_and_uses_its_s3_share_whole():
+    from types import SimpleNamespace
+
+    from segmaker.environment import ChannelConfig
+    from segmaker.training.devices import WorkerRole
+    from segmaker.training.loop import _data_order
+
+    cluster = distributed.Cluster(WorkerRole(1, 2, "algo-2"))
+
+    def job(distribution, batch=8):
+        channels = {"train": ChannelConfig("train", s3_distribution_type=distribution)}
+        return SimpleNamespace(config=SimpleNamespace(mini_batch_size=batch), channels=channels)
+
+    replicated = _data_order(job("FullyReplicated"), cluster, 5)
+    assert (replicated.batch_size, replicated.rank, replicated.world_size) == (8, 1, 2)
+    assert replicated.local_batch(0, 0).positions == (4, 5, 6, 7)  # the second half of global batch 0
+    sharded = _data_order(job("ShardedByS3Key"), cluster, 5)
+    assert (sharded.batch_size, sharded.rank, sharded.world_size) == (4, 0, 1)  # its own files, half a batch
+    with pytest.raises(UserError, match="mini_batch_size 9 is not a multiple of the 2 hosts"):
+        _data_order(job("ShardedByS3Key", batch=9), cluster, 5)

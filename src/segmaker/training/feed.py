@@ -103,10 +103,13 @@ def _split(job: TrainingJob, name: str, data_seed: int, rank: int = 0, world_siz
 
 
 def _validation_share(job: TrainingJob, rank: int, world_size: int) -> Tuple[int, int]:
-    channel = job.channels.get("validation")
-    if channel is not None and (channel.s3_distribution_type or "").lower() == "shardedbys3key":
-        return 0, 1
-    return rank, world_size
+    return (0, 1) if is_sharded_by_s3_key(job, "validation") else (rank, world_size)
+
+
+def is_sharded_by_s3_key(job: TrainingJob, name: str) -> bool:
+    """S3 already gave each host its own share of this channel (S3DistributionType ShardedByS3Key)."""
+    channel = job.channels.get(name)
+    return channel is not None and (channel.s3_distribution_type or "").lower() == "shardedbys3key"
 
 
 def _is_pipe(channels: Dict[str, object], name: str) -> bool:

@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from segmaker import metrics, outputs
-from segmaker.data.order import DataOrder, draw_seed
+from segmaker.data.order import DataOrder, check_divisible, draw_seed
 from segmaker.outputs import EpochRecord
 from segmaker.training import rng
 from segmaker.training.checkpoints import Checkpoint, Checkpointing, CheckpointStore, TrainingState
@@ -32,7 +32,13 @@ from segmaker.training.devices import (
 from segmaker.training.distributed import Cluster
 from segmaker.training.early_stopping import EarlyStoppingRule, EarlyStoppingState
 from segmaker.training.epoch import EpochPlan, EpochStats, train_one_epoch
-from segmaker.training.feed import DataFeed, TrainingData, find_training_data, iterations_per_epoch
+from segmaker.training.feed import (
+    DataFeed,
+    TrainingData,
+    find_training_data,
+    is_sharded_by_s3_key,
+    iterations_per_epoch,
+)
 from segmaker.training.job import TrainingJob, TrainingResult
 from segmaker.training.loss import SegmentationLoss
 from segmaker.training.model_dir import write_model
@@ -63,16 +69,30 @@ def train(
     checkpoint = store.latest() if store else None
     # Every host must draw its batches from the same order: the main host's seed wins.
     seed = cluster.broadcast_integer("data-seed", data_seed(config.seed, checkpoint))
-    order = DataOrder(seed, config.mini_batch_size, role.rank, role.world_size)
+    order = _data_order(job, cluster, seed)
     rng.seed_all(order.seed)
     data = find_training_data(job, order.seed, role.rank, role.world_size)
-    per_epoch = iterations_per_epoch(config.num_training_samples, data.train.size, config.mini_batch_size)
+    found = data.train.size
+    if found is not None and order.world_size < role.world_size:
+        found = int(cluster.sum_integers("train-samples", np.array([found]))[0])
+    per_epoch = iterations_per_epoch(config.num_training_samples, found, config.mini_batch_size)
     _log_plan(config, contexts, data, per_epoch)
     net = build_training_network(job, contexts)
     with DataFeed(config, data, order, keep_examples=PLOTTED_EXAMPLES) as feed:
         with tempfile.TemporaryDirectory(prefix="segmaker-") as scratch:
             run = _Run(job, cluster, contexts, net, feed, per_epoch, Path(scratch), store)
             return run.run(stop_requested, checkpoint)
+
+
+def _data_order(job: TrainingJob, cluster: Cluster, seed: int) -> DataOrder:
+    """Each host's slice of every global batch. A train channel S3 split among the hosts
+    (ShardedByS3Key) is each host's whole share: the host then draws its slice of each global batch from
+    its own files, and an epoch has as many iterations as the hosts' files together make global batches."""
+    batch, role = job.config.mini_batch_size, cluster.role
+    if role.world_size > 1 and is_sharded_by_s3_key(job, "train"):
+        check_divisible(batch, role.world_size)
+        return DataOrder(seed, batch // role.world_size)
+    return DataOrder(seed, batch, role.rank, role.world_size)
 
 
 def data_seed(configured: Optional[int], checkpoint: Optional[Checkpoint]) -> int:

@@ -19,15 +19,24 @@ from segmaker.training.precision import FLOAT16, init_mixed_precision
 
 log = logging.getLogger(__name__)
 
-# Why syncbn stays off on CPU contexts (measured with MXNet 1.9.1; see the README): SyncBatchNorm's forward
-# and backward block in a barrier until every device's copy of the layer has arrived, but (1) all CPU
-# contexts share ONE pool of temporary workspaces (src/resource.cc, ResourceManagerImpl::Request:
-# `cpu_space_->GetNext()`, MXNET_CPU_TEMP_COPY copies, while each GPU has its own), so a device's next op can
-# wait for the workspace held by the other device's op blocked in the barrier; and (2) with the hybridized
-# network the training step hung in SyncBatchNorm's forward even with 4096 workspace copies. Both deadlock.
+# Why syncbn stays off on CPU contexts (measured with MXNet 1.9.1; see the README's "training step"):
+# SyncBatchNorm (src/operator/contrib/sync_batch_norm-inl.h, SyncBatchNorm::Forward/Backward) blocks each
+# device's call in a Barrier keyed by the layer's prefix until all `ndev` calls have arrived. Each CPU
+# context has its own engine workers (threaded_engine_perdevice.cc, cpu_normal_workers_ by dev_id,
+# MXNET_CPU_WORKER_NTHREADS each), but all CPU contexts share ONE round-robin pool of temporary workspaces
+# (src/resource.cc, ResourceManagerImpl, MXNET_CPU_TEMP_COPY copies; each GPU has its own), each copy an
+# engine variable: a device's next op can wait for the copy held by the other device's op blocked in the
+# barrier. Observed: a 2-layer conv+SyncBatchNorm net on 2 CPU contexts hangs with the defaults and with
+# MXNET_CPU_WORKER_NTHREADS=2 alone, and is exact (gradients within 1e-6 relative of 1-device BatchNorm,
+# hybridized or not) with MXNET_CPU_WORKER_NTHREADS=2 and MXNET_CPU_TEMP_COPY=64. The real network does not
+# follow: hybridized (as we train) the resnet50 FCN step hangs even with 4 workers per device and 4096
+# copies (one device's SyncBatchNorm forward waits in the barrier, every other worker is idle: the other
+# device's call never becomes runnable; cause not found); unhybridized it runs but one SGD step on 2 devices
+# still differs from 1 device by up to 89 % of the update (32 % with the heads' Dropout at 0; cause not
+# found).
 SYNCBN_ON_CPU = (
-    "MXNet 1.9.1's SyncBatchNorm deadlocks over several CPU contexts (they share one pool of temporary"
-    " workspaces), so it only runs on GPUs"
+    "MXNet 1.9.1's SyncBatchNorm deadlocks over several CPU contexts with the hybridized network (they share"
+    " one pool of temporary workspaces), so it only runs on GPUs"
 )
 MODEL_CHANNEL = "model"
 PRETRAINED_CHANNEL = "pretrained"

@@ -28,15 +28,17 @@ log = logging.getLogger(__name__)
 # engine variable: a device's next op can wait for the copy held by the other device's op blocked in the
 # barrier. Observed: a 2-layer conv+SyncBatchNorm net on 2 CPU contexts hangs with the defaults and with
 # MXNET_CPU_WORKER_NTHREADS=2 alone, and is exact (gradients within 1e-6 relative of 1-device BatchNorm,
-# hybridized or not) with MXNET_CPU_WORKER_NTHREADS=2 and MXNET_CPU_TEMP_COPY=64. The real network does not
-# follow: hybridized (as we train) the resnet50 FCN step hangs even with 4 workers per device and 4096
-# copies (one device's SyncBatchNorm forward waits in the barrier, every other worker is idle: the other
-# device's call never becomes runnable; cause not found); unhybridized it runs but one SGD step on 2 devices
-# still differs from 1 device by up to 89 % of the update (32 % with the heads' Dropout at 0; cause not
-# found).
+# hybridized or not) with MXNET_CPU_WORKER_NTHREADS=2 and MXNET_CPU_TEMP_COPY=64 (tests/test_syncbn_cpu.py).
+# The real network does not follow (resnet50 FCN, crop 32, one step through train_one_epoch, 4 workers per
+# device, 4096 copies): hybridized it hangs (one device's SyncBatchNorm forward waits in the barrier, every
+# other worker idle) unless the heads' Dropout rate is 0 -- likely the CPU random resource, also one for all
+# CPU contexts (resource.cc, MXNET_CPU_PARALLEL_RAND_COPY), not verified; and when it runs, the step on 2
+# devices differs from SyncBatchNorm on 1 device by up to 20 % of the update (layer4 convolutions) and leaves
+# device 0's running mean/var unchanged, while 1-device SyncBatchNorm moves them. (1-device SyncBatchNorm
+# and BatchNorm also differ by up to 32 %.) Causes not found in the time available.
 SYNCBN_ON_CPU = (
-    "MXNet 1.9.1's SyncBatchNorm deadlocks over several CPU contexts with the hybridized network (they share"
-    " one pool of temporary workspaces), so it only runs on GPUs"
+    "MXNet 1.9.1's SyncBatchNorm deadlocks over several CPU contexts with our hybridized network and did not"
+    " match 1 device when it ran (see network.py), so it only runs on GPUs"
 )
 MODEL_CHANNEL = "model"
 PRETRAINED_CHANNEL = "pretrained"

@@ -33,9 +33,10 @@ log = logging.getLogger(__name__)
 # device, 4096 copies): hybridized it hangs (one device's SyncBatchNorm forward waits in the barrier, every
 # other worker idle) unless the heads' Dropout rate is 0 -- likely the CPU random resource, also one for all
 # CPU contexts (resource.cc, MXNET_CPU_PARALLEL_RAND_COPY), not verified; and when it runs, the step on 2
-# devices differs from SyncBatchNorm on 1 device by up to 20 % of the update (layer4 convolutions) and leaves
-# device 0's running mean/var unchanged, while 1-device SyncBatchNorm moves them. (1-device SyncBatchNorm
-# and BatchNorm also differ by up to 32 %.) Causes not found in the time available.
+# devices differs from SyncBatchNorm on 1 device by up to 20 % of the update (layer4 convolutions; 1-device
+# SyncBatchNorm and BatchNorm also differ by up to 32 %). Causes not found in the time available. (After
+# that first step device 0's running mean/var read as unchanged on 2 devices with plain BatchNorm too: not
+# SyncBatchNorm's doing.)
 SYNCBN_ON_CPU = (
     "MXNet 1.9.1's SyncBatchNorm deadlocks over several CPU contexts with our hybridized network and did not"
     " match 1 device when it ran (see network.py), so it only runs on GPUs"

@@ -1,34 +1,21 @@
 """float16 mixed precision: what can be checked without a GPU (see README, "Mixed precision")."""
 
-import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import mxnet as mx
 import pytest
 
 from segmaker.errors import UserError
 from segmaker.training.devices import check_precision
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.fresh_process import run_check_script
 
 
 def test_amp_dynamic_loss_scaling_through_our_step():
     """In a fresh process (amp.init patches MXNet process-wide): our step under AMP scales the loss and
     divides it out exactly (same weights as float32 after one step: the scale is a power of 2), skips the
     update on an overflow and halves the scale, and doubles it after the window of clean steps."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]))
-    result = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "amp_scaling_check.py")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_check_script("amp_scaling_check.py")
     assert report["initial_scale"] == 2.0**16
     assert report["update_on_kvstore_requested"]["update_on_kvstore"] is False
     assert report["first_step_max_difference_to_float32"] == 0.0

@@ -1,14 +1,8 @@
 """MXNet's SyncBatchNorm over CPU contexts (README, "The training step": why syncbn stays off on CPU)."""
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.fresh_process import run_check_script
 
 
 @pytest.mark.parametrize("mode", ["imperative", "hybridized"])
@@ -19,16 +13,8 @@ def test_sync_batchnorm_is_exact_on_two_cpu_contexts_given_workers_and_workspace
     compute the same sums of at most 128 float32 terms in another order (a few ulps, ~1e-6 relative,
     observed 1e-6); a BatchNorm that normalised each device's half on its own statistics differs by tens
     of percent. It fails too if the operator deadlocks (the 120 s timeout)."""
-    env = dict(os.environ, MXNET_CPU_WORKER_NTHREADS="2", MXNET_CPU_TEMP_COPY="64")
-    result = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "syncbn_cpu_check.py"), mode],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    engine = {"MXNET_CPU_WORKER_NTHREADS": "2", "MXNET_CPU_TEMP_COPY": "64"}
+    report = run_check_script("syncbn_cpu_check.py", [mode], env=engine, timeout=120)
     assert (
         len(report) == 6
     )  # 2 convolutions (weights; no bias: BatchNorm follows), 2 BatchNorms (gamma, beta)

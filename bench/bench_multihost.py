@@ -9,6 +9,9 @@ one after the other, never side by side, so no run slows another.
 Communication is timed by wrapping `gluon.Trainer._allreduce_grads` with `mx.nd.waitall()` on both sides (in
 the bench's own worker processes only: the wait costs the overlap MXNet would otherwise get).
 
+Dropout is off by default (the test harness does the same): one host draws its devices' dropout masks from one
+CPU generator in turn, each host from its own, so with `--dropout` the two jobs differ like two seeds.
+
 On a machine with 2 cores, two hosts share those cores with each other and with their servers: no wall-clock
 speed-up can show here, and the bench does not claim one. Run it on two real hosts for that.
 
@@ -28,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 HOSTS = ["127.0.0.1", "127.0.0.2"]
+WITHOUT_DROPOUT_ENV = "SEGMAKER_BENCH_WITHOUT_DROPOUT"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,6 +40,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--crop-size", type=int, default=48)
+    parser.add_argument(
+        "--dropout",
+        action="store_true",
+        help="keep the Dropout layers (each host then draws its own masks: the runs differ like two seeds)",
+    )
     parser.add_argument("--worker", nargs=1, help=argparse.SUPPRESS)  # internal: run one timed `train`
     return parser.parse_args(argv)
 
@@ -59,6 +68,10 @@ def timed_worker(report: Path) -> int:
         totals["steps"] += 1
 
     gluon.Trainer._allreduce_grads = timed
+    if os.environ.get(WITHOUT_DROPOUT_ENV) == "1":
+        # One host draws its devices' dropout masks from one CPU generator in turn, each host from its own:
+        # with dropout the comparison would measure two random streams, not the distributed step.
+        gluon.nn.Dropout.hybrid_forward = lambda self, F, x: x
     code = cli.main(["train"])
     report.write_text(json.dumps(totals))
     return code
@@ -88,9 +101,10 @@ def write_tree(base: Path, args, host=None):
     return paths
 
 
-def launch(paths, host, ports, **environ):
+def launch(paths, host, ports, dropout: bool, **environ):
     env = dict(
         os.environ,
+        **{WITHOUT_DROPOUT_ENV: "0" if dropout else "1"},
         SAGEMAKER_BASE_DIR=str(paths.base),
         PYTHONPATH=f"{REPO / 'src'}:{REPO}",
         SEGMAKER_PS_PORT=str(ports[0]),
@@ -129,13 +143,15 @@ def main(argv=None) -> int:
         images = args.epochs * (args.samples // args.batch_size) * args.batch_size
         alone = write_tree(base / "alone", args)
         started = time.monotonic()
-        assert launch(alone, None, ports, SEGMAKER_CPU_DEVICES="2").wait() == 0
+        assert launch(alone, None, ports, args.dropout, SEGMAKER_CPU_DEVICES="2").wait() == 0
         one = summarise("1 host x 2 devices", alone, time.monotonic() - started, images)
         trees = [write_tree(base / host, args, host) for host in HOSTS]
         started = time.monotonic()
-        codes = [p.wait() for p in [launch(paths, host, ports) for paths, host in zip(trees, HOSTS)]]
+        jobs = [launch(paths, host, ports, args.dropout) for paths, host in zip(trees, HOSTS)]
+        codes = [job.wait() for job in jobs]
         assert codes == [0, 0], (trees[0].base / "train.log").read_text()[-3000:]
         two = summarise("2 hosts x 1 device", trees[0], time.monotonic() - started, images // 2)
+        print(f"GluonCV's Dropout layers {'on' if args.dropout else 'off (--dropout keeps them)'}")
         print("epoch  mIOU 1 host  mIOU 2 hosts  diff    loss 1 host  loss 2 hosts  diff")
         worst = 0.0
         for a, b in zip(one, two):

@@ -233,7 +233,7 @@ def test_upload_copies_the_channels_to_s3_and_prints_the_fit_dictionary(tmp_path
         listing = s3.list_objects_v2(Bucket="tiles-bucket", Prefix="roads/v1/")["Contents"]
         keys = {item["Key"] for item in listing}
         local = {"roads/v1/" + p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
-        assert keys == local and len(local) == 5 * 2 + 2 + 2 + 2  # 5 pairs, 2 label maps, 2 manifests, 2 json files
+        assert keys == local and len(local) == 5 * 2 + 2 + 2 + 2  # pairs, label maps, manifests, json files
         body = s3.get_object(Bucket="tiles-bucket", Key="roads/v1/manifests/train.manifest")["Body"].read()
         first = json.loads(body.decode().splitlines()[0])
         assert first["source-ref"].startswith("s3://tiles-bucket/roads/v1/train/tile_")

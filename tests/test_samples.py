@@ -1,6 +1,6 @@
 import pytest
 
-from segmaker.data.samples import EncodedSample, find_file_samples, has_split, shard
+from segmaker.data.samples import EncodedSample, find_file_samples, has_split
 from segmaker.environment import Paths
 from segmaker.errors import DataError, UserError
 from tests.synthetic import split_dirs, write_split
@@ -88,18 +88,6 @@ def test_unreadable_file_is_a_data_error_naming_it(opt_ml):
     sample.mask_path.unlink()
     with pytest.raises(DataError, match=str(sample.mask_path)):
         sample.read()
-
-
-def test_shards_are_disjoint_equal_and_cover_all_but_the_remainder():
-    items = list(range(10))
-    shards = [shard(items, rank, 3) for rank in range(3)]
-    assert [len(s) for s in shards] == [3, 3, 3]
-    assert len(set().union(*shards)) == 9
-    assert shard(items, 0, 1) == items
-    with pytest.raises(ValueError):
-        shard(items, 3, 3)
-    with pytest.raises(UserError, match="2 samples cannot be shared among 3 hosts"):
-        shard([1, 2], 0, 3)
 
 
 def test_encoded_sample_without_mask_name_still_names_the_mask():

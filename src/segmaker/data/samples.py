@@ -12,7 +12,7 @@ Two File-mode layouts, per split ("train" or "validation"):
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, TypeVar
+from typing import Dict, List, Optional, Sequence
 
 from segmaker.environment import Paths
 from segmaker.errors import DataError, UserError
@@ -157,19 +157,3 @@ def _listing(files: Dict[str, Path], keys: Sequence[str]) -> str:
     shown = ", ".join(files[key].name for key in keys[:_MAX_LISTED])
     return shown if len(keys) <= _MAX_LISTED else f"{shown}, ... ({len(keys) - _MAX_LISTED} more)"
 
-
-Item = TypeVar("Item")
-
-
-def shard(items: Sequence[Item], rank: int, world_size: int) -> List[Item]:
-    """This host's share for multi-host training: every world_size-th item from `rank`.
-
-    All shards get the same length (the remainder is dropped) so that every host runs the same number of
-    iterations, which synchronous distributed training needs.
-    """
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in [0, world_size {world_size})")
-    per_host = len(items) // world_size
-    if per_host == 0:
-        raise UserError(f"{len(items)} samples cannot be shared among {world_size} hosts")
-    return list(items[rank::world_size][:per_host])

@@ -20,11 +20,10 @@ def tiny_inference(algorithm: str = "fcn", size: int = 32, num_classes: int = 3)
     return SegmentationInference(net, size, [mx.cpu()])
 
 
-def tiny_predictor(algorithm: str = "fcn", size: int = 32, class_names: Sequence[str] = CLASS_NAMES,
-                   warm: bool = True) -> Predictor:
+def tiny_predictor(algorithm: str = "fcn", size: int = 32,
+                   class_names: Sequence[str] = CLASS_NAMES) -> Predictor:
     predictor = Predictor(tiny_inference(algorithm, size, len(class_names)), class_names, "mxnet")
-    if warm:
-        predictor.warm_up()
+    predictor.warm_up()
     return predictor
 
 

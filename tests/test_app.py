@@ -47,12 +47,6 @@ def test_ping_is_200_once_warm(client):
     assert client.get("/ping").status_code == 200
 
 
-def test_ping_is_503_before_warm_up():
-    cold = create_app(tiny_predictor(warm=False), SETTINGS).test_client()
-    response = cold.get("/ping")
-    assert response.status_code == 503 and "loading" in response.get_json()["error"]
-
-
 def test_execution_parameters(client):
     assert client.get("/execution-parameters").get_json() == {
         "MaxConcurrentTransforms": 3, "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 0.5}

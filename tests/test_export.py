@@ -110,14 +110,14 @@ def test_load_predictor_builds_only_the_onnx_engine_on_cpu(tiny_model_dir, monke
     monkeypatch.setattr(artifacts, "load_inference", no_mxnet)
     with caplog.at_level(logging.INFO, logger="segmaker.serving.predictor"):
         predictor = load_predictor(tiny_model_dir, threads=1)
-    assert predictor.engine_name == "onnx" and predictor.ready
+    assert predictor.engine_name == "onnx"
     assert "model load: ONNX Runtime session" in caplog.text and "model load: warm-up forward" in caplog.text
 
 
 def test_forced_mxnet_engine_gives_the_masks_of_onnx(tiny_model_dir):
     onnx_predictor = load_predictor(tiny_model_dir)
     mxnet_predictor = load_predictor(tiny_model_dir, engine="mxnet")
-    assert mxnet_predictor.engine_name == "mxnet" and mxnet_predictor.ready
+    assert mxnet_predictor.engine_name == "mxnet"
     image = np.random.default_rng(2).integers(0, 256, (40, 30, 3), dtype=np.uint8)
     assert (onnx_predictor.predict_mask(image) == mxnet_predictor.predict_mask(image)).mean() >= 0.999
 

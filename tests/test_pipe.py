@@ -12,7 +12,7 @@ from typing import List
 
 import pytest
 
-from segmaker.data.pipe import PipeChannel, pipe_samples, shuffle_buffered, take_shard, wait_for_fifo
+from segmaker.data.pipe import PipeChannel, shuffle_buffered, take_shard, wait_for_fifo
 from segmaker.environment import Paths
 from segmaker.errors import DataError, UserError
 
@@ -41,7 +41,7 @@ def write_epoch_file(paths: Paths, channel: str, epoch: int, data: bytes) -> Pat
 
 def test_records_pair_up_as_image_then_mask(paths):
     write_epoch_file(paths, "train", 0, stream_of_pairs(3))
-    samples = list(pipe_samples(paths, "train", 0))
+    samples = list(PipeChannel(paths, "train").epoch(0))
     assert [(s.image, s.mask) for s in samples] == [(b"img%d" % i, b"mask%d" % i) for i in range(3)]
     assert samples[1].name == "train_0 record 2 (byte offset 28)"  # 12 + 16 bytes per pair
     assert samples[1].mask_name == "train_0 record 3 (byte offset 40)"
@@ -57,7 +57,7 @@ def test_each_epoch_reads_its_own_fifo_name(paths):
 def test_an_odd_record_count_names_the_unpaired_record(paths):
     data = stream_of_pairs(2) + encode_part(0, b"lonely image")
     write_epoch_file(paths, "train", 0, data)
-    samples = pipe_samples(paths, "train", 0)
+    samples = PipeChannel(paths, "train").epoch(0)
     assert len([next(samples), next(samples)]) == 2  # the complete pairs arrive before the error
     with pytest.raises(DataError, match=r"train_0: record 4 at byte offset 56 has no mask record"):
         next(samples)
@@ -66,13 +66,13 @@ def test_an_odd_record_count_names_the_unpaired_record(paths):
 def test_a_framing_error_names_the_fifo(paths):
     write_epoch_file(paths, "train", 0, stream_of_pairs(1) + b"garbage!")
     with pytest.raises(DataError, match=r"train_0: record 2 at byte offset 28: bad magic"):
-        list(pipe_samples(paths, "train", 0))
+        list(PipeChannel(paths, "train").epoch(0))
 
 
 def test_missing_fifo_times_out_with_a_clear_error(paths):
     started = time.monotonic()
     with pytest.raises(UserError, match=r"train_3 \(channel 'train', epoch 3\) did not appear within 0.2 s"):
-        list(pipe_samples(paths, "train", 3, wait_seconds=0.2))
+        list(PipeChannel(paths, "train", wait_seconds=0.2).epoch(3))
     assert time.monotonic() - started < 5
 
 
@@ -90,14 +90,14 @@ def test_waits_for_a_fifo_that_appears_later(paths):
     thread = threading.Thread(target=create_later)
     thread.start()
     try:
-        assert len(list(pipe_samples(paths, "train", 1, wait_seconds=10))) == 2
+        assert len(list(PipeChannel(paths, "train", wait_seconds=10).epoch(1))) == 2
     finally:
         thread.join()
 
 
 def test_sharding_gives_each_rank_every_world_size_th_pair(paths):
     write_epoch_file(paths, "train", 0, stream_of_pairs(7))
-    shards = [[s.image for s in pipe_samples(paths, "train", 0, rank=r, world_size=3)] for r in range(3)]
+    shards = [[s.image for s in PipeChannel(paths, "train", rank=r, world_size=3).epoch(0)] for r in range(3)]
     assert shards == [[b"img0", b"img3", b"img6"], [b"img1", b"img4"], [b"img2", b"img5"]]
     assert list(take_shard(range(5), 1, 2)) == [1, 3]
 
@@ -149,7 +149,7 @@ def test_reads_a_real_fifo_written_in_small_pieces(paths):
     chunks = [data[i : i + 7] for i in range(0, len(data), 7)]  # headers and payloads torn apart
     errors: List[BaseException] = []
     writer = _feed_in_background(path, chunks, errors)
-    assert [s.mask for s in pipe_samples(paths, "train", 0)] == [b"mask%d" % i for i in range(20)]
+    assert [s.mask for s in PipeChannel(paths, "train").epoch(0)] == [b"mask%d" % i for i in range(20)]
     writer.join(5)
     assert not writer.is_alive() and errors == []
 
@@ -160,7 +160,7 @@ def test_stopping_early_unblocks_the_writer_with_a_broken_pipe(paths):
     big = encode_part(0, b"x" * 200_000) + encode_part(0, b"m" * 1000)
     errors: List[BaseException] = []
     writer = _feed_in_background(path, [big] * 50, errors)  # ~10 MB: far more than the pipe holds
-    samples = pipe_samples(paths, "train", 0)
+    samples = PipeChannel(paths, "train").epoch(0)
     assert next(samples).mask == b"m" * 1000
     samples.close()  # the training loop leaving the epoch early
     writer.join(10)
@@ -190,7 +190,7 @@ def test_the_fifo_is_read_ahead_while_the_consumer_is_busy(paths):
     pair = encode_part(0, b"i" * 100_000) + encode_part(0, b"m" * 100)
     errors: List[BaseException] = []
     writer = _feed_in_background(path, [pair] * 20, errors)
-    samples = pipe_samples(paths, "train", 0)
+    samples = PipeChannel(paths, "train").epoch(0)
     next(samples)
     writer.join(10)
     assert not writer.is_alive() and errors == []
@@ -216,7 +216,7 @@ def test_stopping_while_the_writer_is_silent_unblocks_the_thread(paths):
 
     writer = threading.Thread(target=silent_writer, daemon=True)
     writer.start()
-    samples = pipe_samples(paths, "train", 0)
+    samples = PipeChannel(paths, "train").epoch(0)
     assert next(samples).image == b"img0"
     started = time.monotonic()
     samples.close()
@@ -257,7 +257,7 @@ def test_a_writer_killed_mid_record_fails_the_consumer_with_record_and_offset(pa
     )
     writer = subprocess.Popen([sys.executable, "-c", script, str(path), data.hex()])
     try:
-        samples = pipe_samples(paths, "train", 0)
+        samples = PipeChannel(paths, "train").epoch(0)
         assert [next(samples).image, next(samples).image] == [b"img0", b"img1"]
         writer.kill()
         with pytest.raises(DataError, match=r"train_0: record 4 at byte offset 56: the stream ends inside the"
@@ -271,8 +271,8 @@ def test_a_writer_killed_mid_record_fails_the_consumer_with_record_and_offset(pa
 
 def test_closing_before_the_first_sample_and_after_the_end_is_harmless(paths):
     write_epoch_file(paths, "train", 0, stream_of_pairs(3))
-    samples = pipe_samples(paths, "train", 0)
+    samples = PipeChannel(paths, "train").epoch(0)
     samples.close()  # never started: nothing was opened
-    finished = pipe_samples(paths, "train", 0)
+    finished = PipeChannel(paths, "train").epoch(0)
     assert len(list(finished)) == 3
     finished.close()

@@ -14,7 +14,7 @@ from typing import List
 import pytest
 
 from segmaker.data import pipe_feed
-from segmaker.data.pipe import PipeChannel, pipe_samples
+from segmaker.data.pipe import PipeChannel
 from segmaker.data.pipe_feed import (
     Fetcher,
     ManifestLine,
@@ -142,7 +142,7 @@ def test_feed_writes_each_epoch_into_its_fifo_and_the_reader_gets_every_pair(tmp
     feeder = Feeder(argv + ["--split-records-over", "1000", "--reader-timeout", "20"])
     paths = Paths(base)
     for epoch in (0, 1):
-        samples = list(pipe_samples(paths, "train", epoch, wait_seconds=20))
+        samples = list(PipeChannel(paths, "train", wait_seconds=20).epoch(epoch))
         assert [s.image for s in samples] == images  # split records (cflag 1/2/3) joined again
         assert [s.mask for s in samples] == [b"mask %d" % i for i in range(4)]
     feeder.join()
@@ -162,7 +162,7 @@ def test_next_fifo_appears_only_after_the_previous_one_was_written_to_the_end(tm
     time.sleep(0.3)
     assert not paths.pipe_path("train", 1).exists()
     assert len(list(samples)) == 7
-    assert len(list(pipe_samples(paths, "train", 1, wait_seconds=20))) == 8
+    assert len(list(PipeChannel(paths, "train", wait_seconds=20).epoch(1))) == 8
     feeder.join()
 
 
@@ -172,10 +172,10 @@ def test_a_reader_that_stops_early_ends_that_epoch_and_feeding_goes_on(tmp_path,
     paths = Paths(tmp_path / "ml")
     with caplog.at_level(logging.INFO, logger="segmaker.data.pipe_feed"):
         feeder = Feeder(["--manifest", str(manifest), "--base-dir", str(paths.base), "--epochs", "2"])
-        samples = pipe_samples(paths, "train", 0, wait_seconds=20)
+        samples = PipeChannel(paths, "train", wait_seconds=20).epoch(0)
         next(samples)
         samples.close()
-        assert len(list(pipe_samples(paths, "train", 1, wait_seconds=20))) == 4
+        assert len(list(PipeChannel(paths, "train", wait_seconds=20).epoch(1))) == 4
         feeder.join()
     assert "train_0: the reader closed the FIFO" in caplog.text
 

@@ -6,7 +6,6 @@ from segmaker.transforms import (
     IGNORE,
     MEAN,
     STD,
-    eval_transform,
     normalize,
     pad_to,
     random_flip,
@@ -123,12 +122,6 @@ def test_normalize_uses_imagenet_mean_and_std():
     assert out.shape == (3, 2, 3) and out.dtype == np.float32
     expected = [(1.0 - MEAN[0]) / STD[0], (0.0 - MEAN[1]) / STD[1], (128 / 255 - MEAN[2]) / STD[2]]
     assert out[:, 1, 2] == pytest.approx(expected, abs=1e-5)
-
-
-def test_eval_transform_keeps_the_resolution():
-    image, mask = synthetic(7)
-    normalised, same_mask = eval_transform(image, mask)
-    assert normalised.shape == (3,) + mask.shape and same_mask is mask
 
 
 def _stripe_widths(image_scale: str, draws: int = 40) -> list:

@@ -38,7 +38,3 @@ class PayloadTooLarge(HTTPError):
 
 class UnsupportedMediaType(HTTPError):
     status = 415
-
-
-class ServiceUnavailable(HTTPError):
-    status = 503

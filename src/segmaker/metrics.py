@@ -8,14 +8,14 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-IGNORE_LABEL = 255
+from segmaker.transforms import IGNORE
 
 
 class ConfusionMatrix:
     """counts[label, prediction] = number of pixels; pixels labelled 255 (ignore) are not counted."""
 
     def __init__(self, num_classes: int):
-        if not 1 <= num_classes < IGNORE_LABEL:
+        if not 1 <= num_classes < IGNORE:
             raise ValueError(f"num_classes must be in 1..254, not {num_classes}")
         self.num_classes = num_classes
         self.counts = np.zeros((num_classes, num_classes), np.int64)
@@ -26,7 +26,7 @@ class ConfusionMatrix:
         label = np.asarray(label).ravel().astype(np.int64)
         if prediction.shape != label.shape:
             raise ValueError(f"prediction has {prediction.size} pixels but label has {label.size}")
-        counted = label != IGNORE_LABEL
+        counted = label != IGNORE
         prediction, label = prediction[counted], label[counted]
         self._check_range(prediction, "prediction")
         self._check_range(label, "label")

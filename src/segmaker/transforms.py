@@ -121,8 +121,3 @@ class TrainTransform:
 def train_transform(base_size: int, crop_size: int, image_scale: str = "base_size") -> TrainTransform:
     """The training preset (`base_size`, `crop_size`, `image_scale` as in the hyperparameters)."""
     return TrainTransform(base_size=base_size, crop_size=crop_size, image_scale=image_scale)
-
-
-def eval_transform(image: np.ndarray, mask: np.ndarray) -> Pair:
-    """The evaluation preset: no geometry at all (validation runs at the image's own resolution)."""
-    return normalize(image), mask

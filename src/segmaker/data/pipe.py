@@ -101,21 +101,6 @@ class PipeChannel:
         return random.Random(f"{self.seed}/{epoch}/{self.rank}")
 
 
-def pipe_samples(
-    paths: Paths,
-    channel: str,
-    epoch: int,
-    *,
-    rank: int = 0,
-    world_size: int = 1,
-    shuffle_buffer: int = 0,
-    seed: Optional[int] = None,
-    wait_seconds: float = DEFAULT_WAIT_SECONDS,
-) -> Iterator[EncodedSample]:
-    """Shorthand for `PipeChannel(paths, channel, ...).epoch(epoch)`."""
-    return PipeChannel(paths, channel, rank, world_size, shuffle_buffer, seed, wait_seconds).epoch(epoch)
-
-
 def wait_for_fifo(path: Path, channel: str, epoch: int, wait_seconds: float) -> None:
     """Return once `path` exists (a FIFO, or a plain file in local tests); UserError after `wait_seconds`."""
     deadline = time.monotonic() + wait_seconds

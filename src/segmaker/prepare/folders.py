@@ -18,10 +18,10 @@ import numpy as np
 from segmaker.errors import DataError, UserError
 from segmaker.prepare.dataset import APPLEDOUBLE, Dataset, Pair, Summary, is_appledouble, split_by_fraction
 from segmaker.prepare.writer import mask_values
+from segmaker.transforms import IGNORE
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".gif")
-IGNORE = 255
 _LISTED = 5
 
 

@@ -23,7 +23,6 @@ from segmaker.prepare.dataset import APPLEDOUBLE, Dataset, Pair, Summary, is_app
 CLASS_CHOICES = ("binary", "species", "breeds")
 LISTS = (("trainval.txt", "train"), ("test.txt", "validation"))
 TRIMAP_LABEL_MAP = {"map": {"0": 2, "1": 1}, "ignore": [3]}
-IGNORE = 255
 
 
 class _Entry:

@@ -11,7 +11,7 @@ from flask import Flask, Request, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from segmaker.environment import ServingSettings
-from segmaker.errors import BadRequest, HTTPError, PayloadTooLarge, ServiceUnavailable
+from segmaker.errors import BadRequest, HTTPError, PayloadTooLarge
 from segmaker.serving import codecs
 
 if TYPE_CHECKING:  # the predictor imports MXNet, which the gunicorn master must not load before forking
@@ -44,8 +44,8 @@ def create_app(predictor: "Predictor", settings: Optional[ServingSettings] = Non
 
     @app.route("/ping", methods=["GET"])
     def ping() -> Response:
-        if not predictor.ready:
-            raise ServiceUnavailable("the model is still loading")
+        # The app exists only once its worker has loaded and warmed up the model (server.load), so a
+        # ping it answers is a ping of a ready model.
         return Response(status=200)
 
     @app.route("/execution-parameters", methods=["GET"])

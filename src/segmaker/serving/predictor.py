@@ -72,13 +72,7 @@ class Predictor:
         self.class_names = list(class_names)
         self.working_size = engine.working_size
         self._engine = engine
-        self._ready = threading.Event()
         self._probabilities_lock = threading.Lock()
-
-    @property
-    def ready(self) -> bool:
-        """True once a warm-up forward has completed."""
-        return self._ready.is_set()
 
     @property
     def num_classes(self) -> int:
@@ -86,9 +80,7 @@ class Predictor:
 
     def warm_up(self) -> float:
         """Run one forward at the working size (allocates the static graph); return its seconds."""
-        seconds = _time_forward(self._engine)
-        self._ready.set()
-        return seconds
+        return _time_forward(self._engine)
 
     @property
     def image_scale(self) -> str:

@@ -2,7 +2,7 @@
 table in the log, output/data (metrics files, curves, report) written by the main worker."""
 
 import logging
-from typing import Dict, Optional, Sequence
+from typing import Optional, Sequence
 
 from segmaker import metrics, outputs
 from segmaker.config import TrainingConfig
@@ -21,8 +21,7 @@ class Reporter:
         self, record: EpochRecord, matrix: Optional[metrics.ConfusionMatrix], history: Sequence[dict]
     ) -> None:
         """One finished epoch: metric lines, per-class table, metrics files (history includes `record`)."""
-        scores = matrix.scores() if matrix is not None else None
-        self._print_metric_lines(record, scores)
+        self._print_metric_lines(record, matrix)
         if matrix is not None:
             table = metrics.per_class_table(matrix, self.config.class_names)
             log.info("Epoch %d validation per class:\n%s", record.epoch, table)
@@ -36,14 +35,14 @@ class Reporter:
             report = outputs.write_outputs(self.paths.output_data_dir, history, self.config, examples)
             log.info("Report: %s", report)
 
-    def _print_metric_lines(self, record: EpochRecord, scores: Optional[Dict[str, float]]) -> None:
+    def _print_metric_lines(self, record: EpochRecord, matrix: Optional[metrics.ConfusionMatrix]) -> None:
         host, epoch = self.role.host, record.epoch
         lines = [
             metrics.train_loss_line(host, epoch, record.train_loss),
             metrics.train_throughput_line(host, epoch, record.throughput),
         ]
-        if scores is not None:
-            lines += [metrics.validation_line(host, epoch, name, value) for name, value in scores.items()]
+        if matrix is not None:
+            lines += metrics.validation_lines(host, epoch, matrix)
         lines.append(metrics.progress_line(host, epoch + 1, self.config.epochs))
         if not self.role.is_main:
             return  # one voice: the metric lines of a multi-host job come from algo-1 only

@@ -76,12 +76,10 @@ def eager_predict_seconds(model_dir: Path, repeats: int) -> float:
     import mxnet as mx
 
     from segmaker import artifacts
-    from segmaker.models import build_network
 
     model = artifacts.read_model_dir(model_dir)
-    net = build_network(model.algorithm, model.backbone, model.num_classes, size=model.working_size, aux=True)
-    net.load_parameters(str(model.params_file()), ignore_extra=True)
-    x = mx.nd.zeros((1, 3, model.working_size, model.working_size))
+    net = artifacts.load_network(model.manifest, model.params_file(), aux=True)
+    x = mx.nd.zeros((1, 3, model.manifest.working_size, model.manifest.working_size))
     return statistics.median(timed(lambda: net.predict(x).wait_to_read(), repeats))
 
 

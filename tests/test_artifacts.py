@@ -69,8 +69,10 @@ def test_model_dir_has_builtin_names_export_and_manifest(model_dir):
 def test_read_model_dir_round_trip(model_dir):
     read = read_model_dir(model_dir)
     assert read.manifest == MANIFEST
-    assert (read.algorithm, read.backbone, read.num_classes, read.working_size) == ("fcn", "resnet50", 3, 64)
-    assert read.class_names == ["road", "car", "sky"] and read.label_map == {"scale": "1"}
+    manifest = read.manifest
+    assert (manifest.algorithm, manifest.backbone, manifest.num_classes, manifest.working_size) == (
+        "fcn", "resnet50", 3, 64)
+    assert read.manifest.names() == ["road", "car", "sky"] and read.manifest.label_map == {"scale": "1"}
     assert read.best_params == model_dir / "model_best.params"
     assert read.onnx_file is None
     assert read.symbol_file == model_dir / "model-symbol.json"

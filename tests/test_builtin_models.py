@@ -57,7 +57,7 @@ def test_the_manifest_is_inferred_from_hyperparams(builtin_dir):
     manifest = model.manifest
     assert (manifest.algorithm, manifest.backbone, manifest.num_classes) == ("psp", "resnet50", 3)
     assert manifest.working_size == 32  # max(base_size 30, crop_size 24) rounded up to a multiple of 8
-    assert model.class_names == ["class_0", "class_1", "class_2"]
+    assert model.manifest.names() == ["class_0", "class_1", "class_2"]
     assert model.params_file("best").name == "model_best.params"
 
 

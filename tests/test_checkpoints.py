@@ -5,6 +5,8 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
+from segmaker.metrics import ConfusionMatrix
+from segmaker.outputs import EpochRecord, History
 from segmaker.training.checkpoints import CheckpointStore, TrainingState
 from segmaker.training.early_stopping import EarlyStoppingState
 
@@ -23,10 +25,12 @@ def tiny_net_and_trainer():
 
 
 def state(iterations, best=0.5):
+    matrix = ConfusionMatrix(2)
+    matrix.update(np.array([[0, 1], [1, 1]]), np.array([[0, 1], [0, 1]]))
     return TrainingState(
         completed_iterations=iterations,
         early_stopping=EarlyStoppingState(best_miou=best, best_epoch=1, epochs_without_gain=2, epochs_seen=3),
-        history=({"epoch": 0, "mIOU": 0.4},),
+        history=History().add(EpochRecord.of_epoch(0, 1.25, 8.0, 0.01, 3.5, matrix), matrix),
         hyperparameters=HYPERPARAMETERS,
         data_seed=1234,
     )

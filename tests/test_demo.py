@@ -68,4 +68,4 @@ def test_the_demo_configuration_learns_to_miou_0_8(tmp_path, monkeypatch):
     truth = np.asarray(Image.open(str(DATA / "validation_annotation" / "validation_000.png")))
     (mask,) = inference.predict_masks([image])
     assert np.mean(mask == truth) >= 0.9
-    assert model.class_names == ["background", "sun", "box"]
+    assert model.manifest.names() == ["background", "sun", "box"]

@@ -1,4 +1,5 @@
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -112,28 +113,31 @@ def test_per_class_columns_in_csv_and_json_under_the_class_names(tmp_path):
 
 
 def test_history_keeps_one_confusion_matrix_the_best_epochs():
-    from segmaker.outputs import append_history, best_confusion
+    from segmaker.outputs import History
 
-    rows = ()
+    history = History()
     for epoch, best in ((0, True), (1, True), (2, False)):
         record = EpochRecord.of_epoch(epoch, 1.0, 1.0, 0.1, 1.0, _matrix([[epoch + 1, 0], [0, 1]]))
-        rows = append_history(rows, record, _matrix([[epoch + 1, 0], [0, 1]]) if best else None)
+        history = history.add(record, _matrix([[epoch + 1, 0], [0, 1]]) if best else None)
+    rows = history.to_rows()
     assert ["confusion_matrix" in row for row in rows] == [False, True, False]
-    epoch, counts = best_confusion(rows)
+    epoch, counts = history.best_confusion()
     assert epoch == 1 and counts.tolist() == [[2, 0], [0, 1]]
     assert EpochRecord.from_dict(rows[1]).epoch == 1  # the extra key does not disturb the record
+    # What a checkpoint stores (JSON) parses back into the same records and matrix.
+    assert History.from_rows(json.loads(json.dumps(rows))) == history
 
 
 def _written_run(tmp_path, with_examples=True):
     from segmaker.config import TrainingConfig
-    from segmaker.outputs import Examples, append_history, write_outputs
+    from segmaker.outputs import Examples, History, write_outputs
 
     config = TrainingConfig(num_classes=3, class_names=("background", "cat", "dog"))
-    history = ()
+    history = History()
     epochs = ([[50, 30, 20], [10, 5, 5], [5, 5, 10]], [[90, 5, 5], [2, 16, 2], [1, 1, 18]])
     for epoch, counts in enumerate(epochs):
         record = EpochRecord.of_epoch(epoch, 1.0 - 0.3 * epoch, 12.0, 0.01, 2.0, _matrix(counts))
-        history = append_history(history, record, _matrix(counts))
+        history = history.add(record, _matrix(counts))
     rng = np.random.RandomState(1)
     image = rng.randint(0, 255, (48, 64, 3), dtype=np.uint8)
     mask = np.zeros((48, 64), np.uint8)
@@ -160,8 +164,8 @@ def test_report_is_one_self_contained_page_with_every_part(tmp_path):
 
 def test_report_without_validation_says_so(tmp_path):
     from segmaker.config import TrainingConfig
-    from segmaker.outputs import append_history, write_outputs
+    from segmaker.outputs import History, write_outputs
 
-    history = append_history((), EpochRecord.of_epoch(0, 0.7, 3.0, 0.01, 1.0, None))
+    history = History().add(EpochRecord.of_epoch(0, 0.7, 3.0, 0.01, 1.0, None))
     page = write_outputs(tmp_path, history, TrainingConfig(num_classes=2)).read_text()
     assert "No validation channel" in page and "data:image/png;base64," in page

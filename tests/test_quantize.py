@@ -172,7 +172,7 @@ def test_quantize_command_and_a_badly_calibrated_model_is_dropped(trained, tmp_p
     samples = load_samples([(calibration / "images" / p.name, calibration / "masks" / (p.stem + ".png"))
                             for p in sorted((calibration / "images").iterdir())],
                            _label_map(model_dir))
-    size = artifacts.read_model_dir(model_dir).working_size
+    size = artifacts.read_model_dir(model_dir).manifest.working_size
     wide = np.random.default_rng(0).standard_normal((3, size, size)).astype(np.float32) * 200
     result = quantize_model_dir(model_dir, samples, calibration=[wide])
     assert not result.kept and "below 99 %" in result.reason

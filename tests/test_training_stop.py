@@ -94,7 +94,7 @@ def test_a_stop_during_a_long_validation_ends_the_job_within_the_budget(tmp_path
 
     config = parse_hyperparameters(environment.read_hyperparameters(paths))
     checkpoint = CheckpointStore(paths.checkpoints_dir, config.to_json_dict()).latest()
-    assert checkpoint.state.completed_iterations == 2 and checkpoint.state.history == ()
+    assert checkpoint.state.completed_iterations == 2 and len(checkpoint.state.history) == 0
 
     model = artifacts.read_model_dir(paths.model_dir)
     assert model.onnx_file is None and model.symbol_file is None  # no network was built to export
@@ -109,7 +109,8 @@ def test_export_adds_the_symbol_and_onnx_files_to_a_stopped_job_s_model(tmp_path
     stopped = artifacts.read_model_dir(model_dir)
     manifest_before = (model_dir / artifacts.MANIFEST).read_bytes()
     # A stopped job's write: parameters and manifest only.
-    artifacts.write_model_dir(model_dir, stopped.manifest, final_net=_loaded_net(stopped), exports=False,
+    final_net = artifacts.load_network(stopped.manifest, stopped.final_params, aux=True)
+    artifacts.write_model_dir(model_dir, stopped.manifest, final_net=final_net, exports=False,
                               best=stopped.best_params, hyperparameters={})
     assert artifacts.read_model_dir(model_dir).onnx_file is None
 
@@ -127,11 +128,3 @@ def test_export_adds_the_symbol_and_onnx_files_to_a_stopped_job_s_model(tmp_path
 
 def test_export_of_something_else_is_a_user_error(tmp_path):
     assert cli.main(["export", str(tmp_path / "absent")]) == cli.EXIT_USER_ERROR
-
-
-def _loaded_net(model):
-    from segmaker.models import build_network, load_parameters
-
-    net = build_network(model.algorithm, model.backbone, model.num_classes, size=model.working_size, aux=True)
-    load_parameters(net, model.final_params)
-    return net

@@ -150,31 +150,6 @@ class ModelArtifacts:
     int8_onnx_file: Optional[Path] = None
     files: Tuple[str, ...] = field(default=(), repr=False)
 
-    # The manifest's fields, readable directly on the artifacts (what serving and training mostly need).
-    @property
-    def algorithm(self) -> str:
-        return self.manifest.algorithm
-
-    @property
-    def backbone(self) -> str:
-        return self.manifest.backbone
-
-    @property
-    def num_classes(self) -> int:
-        return self.manifest.num_classes
-
-    @property
-    def working_size(self) -> int:
-        return self.manifest.working_size
-
-    @property
-    def class_names(self) -> List[str]:
-        return self.manifest.names()
-
-    @property
-    def label_map(self) -> Optional[Mapping[str, object]]:
-        return self.manifest.label_map
-
     def params_file(self, which: str = "best") -> Path:
         """`best` (model_best.params) or `final` (model_algo-1); either falls back on the other."""
         if which not in ("best", "final"):
@@ -253,7 +228,7 @@ def save_parameters_atomically(net: mx.gluon.HybridBlock, path: Path) -> None:
 
 def _stage_exports(manifest: ModelManifest, params_file: Path, staging: Path, onnx: bool) -> None:
     """model-symbol.json, model-0000.params and (when `onnx`) model.onnx of `params_file`, into `staging`."""
-    inference_net = _inference_network(manifest, params_file, manifest.working_size)
+    inference_net = load_network(manifest, params_file)
     _export_symbol(inference_net, manifest.working_size, staging)
     if onnx:
         _export_onnx(inference_net, manifest.working_size, staging / ONNX_FILE)
@@ -275,9 +250,12 @@ def _write_json(path: Path, value: object) -> None:
     path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _inference_network(manifest: ModelManifest, params_file: Path, size: int) -> mx.gluon.HybridBlock:
-    """The network for `size` inputs without the auxiliary head, holding the parameters of `params_file`."""
-    net = build_network(manifest.algorithm, manifest.backbone, manifest.num_classes, size=size, aux=False)
+def load_network(manifest: ModelManifest, params_file: Path, *, size: Optional[int] = None,
+                 aux: bool = False) -> mx.gluon.HybridBlock:
+    """The manifest's network for `size` inputs (default: its working size), without the auxiliary head
+    unless `aux`, holding the parameters of `params_file`."""
+    net = build_network(manifest.algorithm, manifest.backbone, manifest.num_classes,
+                        size=size or manifest.working_size, aux=aux)
     load_parameters(net, params_file)
     return net
 
@@ -506,5 +484,5 @@ def load_inference(artifacts: ModelArtifacts, contexts: Sequence[mx.Context], *,
                    working_size: Optional[int] = None) -> SegmentationInference:
     """The MXNet inference engine for a model directory, at the manifest's working size or `working_size`."""
     size = working_size or artifacts.manifest.working_size
-    net = _inference_network(artifacts.manifest, artifacts.params_file(params), size)
+    net = load_network(artifacts.manifest, artifacts.params_file(params), size=size)
     return SegmentationInference(net, size, contexts, image_scale=artifacts.manifest.image_scale)

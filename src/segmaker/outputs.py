@@ -22,7 +22,7 @@ CURVES_PNG = "training_curves.png"
 PREDICTIONS_PNG = "validation_predictions.png"
 CONFUSION_PNG = "confusion_matrix.png"
 CONFUSION_CSV = "confusion_matrix.csv"
-# Key of the best epoch's confusion counts in its history row (kept on that row only: see append_history).
+# Key of the best epoch's confusion counts in its history row (kept on that row only: see History.to_rows).
 CONFUSION_KEY = "confusion_matrix"
 PER_CLASS = ("iou_per_class", "dice_per_class")
 
@@ -70,26 +70,54 @@ class EpochRecord:
                    lr, seconds, tuple(per_class["iou"]), tuple(per_class["dice"]))
 
 
-def append_history(history: Tuple[dict, ...], record: EpochRecord,
-                   best_confusion: Optional[ConfusionMatrix] = None) -> Tuple[dict, ...]:
-    """The run's history (rows as checkpoints store them) with `record` appended.
+Counts = Tuple[Tuple[int, ...], ...]
 
-    Pass `best_confusion` when this epoch is the best so far: its counts go on this row and leave the
-    earlier ones, so a checkpoint carries one matrix, whatever the number of epochs, and a resumed run
-    still reports the best epoch's confusion matrix.
+
+@dataclass(frozen=True)
+class History:
+    """A run's finished epochs and the confusion counts of its best one: one matrix, whatever the number of
+    epochs, so a checkpoint stays small and a resumed run still reports the best epoch's matrix.
+
+    The counts are nested tuples (not an array) so that two histories compare by value, as the
+    `TrainingState`s holding them must. Checkpoints store `to_rows()`; `from_rows` parses them once.
     """
-    if best_confusion is None:
-        return history + (record.to_dict(),)
-    earlier = tuple({k: v for k, v in row.items() if k != CONFUSION_KEY} for row in history)
-    return earlier + (dict(record.to_dict(), **{CONFUSION_KEY: best_confusion.counts.tolist()}),)
+
+    records: Tuple[EpochRecord, ...] = ()
+    best: Optional[Tuple[int, Counts]] = None  # (epoch, counts[label][prediction])
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def add(self, record: EpochRecord, best_matrix: Optional[ConfusionMatrix] = None) -> "History":
+        """`record` appended; `best_matrix` when this epoch is the best so far (its counts replace the
+        older best's)."""
+        best = self.best if best_matrix is None else (record.epoch, _frozen(best_matrix.counts))
+        return History(self.records + (record,), best)
+
+    def best_confusion(self) -> Optional[Tuple[int, np.ndarray]]:
+        """(epoch, counts) of the best epoch's confusion matrix, or None."""
+        if self.best is None:
+            return None
+        return self.best[0], np.asarray(self.best[1], dtype=np.int64)
+
+    def to_rows(self) -> List[dict]:
+        """One metrics row per epoch; the best epoch's row carries its counts under CONFUSION_KEY."""
+        rows = [record.to_dict() for record in self.records]
+        for row in rows:
+            if self.best is not None and row["epoch"] == self.best[0]:
+                row[CONFUSION_KEY] = [list(line) for line in self.best[1]]
+        return rows
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[dict]) -> "History":
+        records = tuple(EpochRecord.from_dict(row) for row in rows)
+        best = next(((row["epoch"], _frozen(row[CONFUSION_KEY])) for row in reversed(rows)
+                     if CONFUSION_KEY in row), None)
+        return cls(records, best)
 
 
-def best_confusion(history: Sequence[dict]) -> Optional[Tuple[int, np.ndarray]]:
-    """(epoch, counts) of the best epoch's confusion matrix in the history, or None."""
-    for row in reversed(history):
-        if CONFUSION_KEY in row:
-            return row["epoch"], np.asarray(row[CONFUSION_KEY], dtype=np.int64)
-    return None
+def _frozen(counts) -> Counts:
+    return tuple(tuple(int(value) for value in line) for line in counts)
 
 
 def write_metrics(records: Sequence[EpochRecord], out_dir: Path, class_names: Sequence[str] = ()) -> None:
@@ -294,20 +322,20 @@ class Examples:
     predicted: Sequence[np.ndarray]
 
 
-def write_outputs(out_dir: Path, history: Sequence[dict], config,
+def write_outputs(out_dir: Path, history: History, config,
                   examples: Optional[Examples] = None) -> Path:
-    """Everything output/data holds at the end of a run, from the run's history rows (see append_history):
+    """Everything output/data holds at the end of a run, from the run's history:
     metrics.csv/json, training_curves.png, the best epoch's confusion matrix (CSV and PNG), the prediction
     examples when given, and report.html showing them all. `config` is the run's TrainingConfig. Returns
     the report's path."""
     from segmaker import report
 
-    records = [EpochRecord.from_dict(row) for row in history]
+    records = history.records
     names = class_names_or_default(config.class_names, config.num_classes)
     write_metrics(records, out_dir, names)
     if records:
         plot_curves(records, out_dir / CURVES_PNG)
-    confusion = best_confusion(history)
+    confusion = history.best_confusion()
     if confusion is not None:
         write_confusion(confusion[1], names, out_dir)
     if examples is not None and examples.images:

@@ -101,7 +101,7 @@ def quantize_model_dir(model_dir: Path, samples: Sequence[Sample],
                         " be exported, or the job was stopped before the export)")
     if not samples:
         raise UserError("no images to calibrate the int8 model with")
-    float_engine, recorded_inputs = _recording_engine(model.onnx_file, model.working_size,
+    float_engine, recorded_inputs = _recording_engine(model.onnx_file, model.manifest.working_size,
                                                       model.manifest.image_scale)
     float_masks = float_engine.predict_masks([image for image, _ in samples[:MAX_CALIBRATION_IMAGES]])
     calibration = list(recorded_inputs) if calibration is None else list(calibration)
@@ -111,11 +111,11 @@ def quantize_model_dir(model_dir: Path, samples: Sequence[Sample],
     staged = Path(staged_name)
     try:
         quantize_onnx(model.onnx_file, staged, calibration)
-        int8_engine = SegmentationInference(None, model.working_size, [mx.cpu()],
+        int8_engine = SegmentationInference(None, model.manifest.working_size, [mx.cpu()],
                                             forward=onnx_forward(staged),
                                             image_scale=model.manifest.image_scale)
         int8_masks = int8_engine.predict_masks([image for image, _ in samples])
-        result = judge(float_masks, int8_masks, [mask for _, mask in samples], model.num_classes)
+        result = judge(float_masks, int8_masks, [mask for _, mask in samples], model.manifest.num_classes)
         artifacts.record_int8(model.directory, staged if result.kept else None, result.to_json_dict())
     finally:
         if staged.exists():
@@ -245,7 +245,7 @@ def quantize_after_training(paths: Paths, channels: Mapping[str, object], model_
         return
     try:
         label_map = load_label_map(label_map_file(_label_map_dir(paths), split),
-                                   artifacts.read_model_dir(model_dir).num_classes)
+                                   artifacts.read_model_dir(model_dir).manifest.num_classes)
         samples = load_samples([(s.image_path, s.mask_path) for s in find_file_samples(paths, split)],
                                label_map)
         quantize_model_dir(model_dir, samples)
@@ -345,7 +345,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _model_label_map(model: "artifacts.ModelArtifacts") -> LabelMap:
-    if model.label_map is None:
-        return LabelMap.from_scale(1, model.num_classes)
+    if model.manifest.label_map is None:
+        return LabelMap.from_scale(1, model.manifest.num_classes)
     source = str(model.directory / artifacts.MANIFEST)
-    return parse_label_map(dict(model.label_map), model.num_classes, source)
+    return parse_label_map(dict(model.manifest.label_map), model.manifest.num_classes, source)

@@ -164,16 +164,16 @@ def load_predictor(model_dir: Path, *, engine: Optional[str] = None, gpu: Option
     name = choose_engine(engine, model.onnx_file is not None, gpu, model.int8_onnx_file is not None)
     if name in ("onnx", "onnx-int8"):
         onnx_file = model.int8_onnx_file if name == "onnx-int8" else model.onnx_file
-        chosen: SegmentationInference = OnnxInference(onnx_file, model.working_size, threads,
+        chosen: SegmentationInference = OnnxInference(onnx_file, model.manifest.working_size, threads,
                                                       image_scale=model.manifest.image_scale)
         clock.step(f"ONNX Runtime session ({threads} intra-op threads)")
     else:
         contexts = [mx.gpu(gpu)] if gpu is not None else [mx.cpu()]
         chosen = artifacts.load_inference(model, contexts)
         clock.step("MXNet network built, parameters loaded, hybridized")
-    predictor = Predictor(chosen, model.class_names, name)
+    predictor = Predictor(chosen, model.manifest.names(), name)
     seconds = predictor.warm_up()
-    clock.step(f"warm-up forward at {model.working_size}x{model.working_size}")
+    clock.step(f"warm-up forward at {model.manifest.working_size}x{model.manifest.working_size}")
     LOG.info("model %s loaded in %.1f s: engine %s, %d classes, working size %d (one forward %.2f s)",
              model_dir, clock.total(), name, predictor.num_classes, predictor.working_size, seconds)
     return predictor

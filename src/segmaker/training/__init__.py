@@ -2,7 +2,7 @@
 
 Modules: `loop` (the job from start to end), `epoch` (one epoch over the devices), `schedule`,
 `job`, `early_stopping`, `checkpoints`, `devices`, `optimizer`, `network` (training/validation networks and
-their starting weights), `validation`, `feed` (data for training), `model_dir` (the model directory).
+their starting weights), `validation`, `feed` (data for training).
 """
 
 from segmaker.training.job import TrainingJob, TrainingResult

@@ -25,9 +25,10 @@ import logging
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 from segmaker.files import staged_directory
+from segmaker.outputs import History
 from segmaker.training import rng
 from segmaker.training.early_stopping import EarlyStoppingState
 from segmaker.training.epoch import EpochStats
@@ -46,13 +47,13 @@ KEEP = 2
 class TrainingState:
     """Everything besides the parameter files that training needs to resume after `completed_iterations`.
 
-    `history` holds one metrics row (a dict) per finished epoch, so the epoch in progress is
-    `len(history)`; `partial_epoch` is what that epoch measured so far (a stop can interrupt it).
+    `history` holds one record per finished epoch, so the epoch in progress is `len(history)`;
+    `partial_epoch` is what that epoch measured so far (a stop can interrupt it).
     """
 
     completed_iterations: int
     early_stopping: EarlyStoppingState
-    history: Tuple[dict, ...]
+    history: History
     hyperparameters: dict
     partial_epoch: EpochStats = EpochStats()
     data_seed: Optional[int] = None  # the run's data order and augmentation seed (drawn when `seed` is unset)
@@ -61,7 +62,7 @@ class TrainingState:
         return {
             "completed_iterations": self.completed_iterations,
             "early_stopping": asdict(self.early_stopping),
-            "history": list(self.history),
+            "history": self.history.to_rows(),
             "hyperparameters": self.hyperparameters,
             "partial_epoch": asdict(self.partial_epoch),
             "data_seed": self.data_seed,
@@ -72,7 +73,7 @@ class TrainingState:
         return cls(
             completed_iterations=int(raw["completed_iterations"]),
             early_stopping=EarlyStoppingState(**raw["early_stopping"]),
-            history=tuple(raw["history"]),
+            history=History.from_rows(raw["history"]),
             hyperparameters=raw["hyperparameters"],
             partial_epoch=EpochStats(**raw["partial_epoch"]),
             data_seed=raw.get("data_seed"),

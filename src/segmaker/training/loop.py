@@ -16,9 +16,10 @@ from typing import Optional
 
 import numpy as np
 
-from segmaker import metrics, outputs
+from segmaker import artifacts, metrics, outputs
 from segmaker.data.order import DataOrder, check_divisible, draw_seed
-from segmaker.outputs import EpochRecord
+from segmaker.outputs import EpochRecord, History
+from segmaker.quantize import quantize_after_training
 from segmaker.training import rng
 from segmaker.training.checkpoints import Checkpoint, Checkpointing, CheckpointStore, TrainingState
 from segmaker.training.class_weights import check_training_classes, resolve_class_weights
@@ -41,7 +42,6 @@ from segmaker.training.feed import (
 )
 from segmaker.training.job import TrainingJob, TrainingResult
 from segmaker.training.loss import SegmentationLoss
-from segmaker.training.model_dir import write_model
 from segmaker.training.network import build_training_network, working_size
 from segmaker.training.optimizer import make_trainer
 from segmaker.training.reporting import Reporter
@@ -185,8 +185,9 @@ class _Run:
     def _start(self, checkpoint: Optional[Checkpoint]) -> TrainingState:
         if checkpoint is not None:
             return self.checkpoints.restore(checkpoint, self.contexts)
-        hyperparameters = self.config.to_json_dict()
-        return TrainingState(0, EarlyStoppingState(), (), hyperparameters, data_seed=self.feed.order.seed)
+        return TrainingState(
+            0, EarlyStoppingState(), History(), self.config.to_json_dict(), data_seed=self.feed.order.seed
+        )
 
     def _done(self, state: TrainingState) -> bool:
         if state.early_stopping.should_stop(self.rule):
@@ -285,7 +286,7 @@ class _Run:
         state = replace(
             state,
             early_stopping=early_stopping,
-            history=outputs.append_history(state.history, record, matrix if best else None),
+            history=state.history.add(record, matrix if best else None),
             partial_epoch=EpochStats(),
         )
         self.reporter.epoch(record, matrix, state.history)
@@ -307,12 +308,41 @@ class _Run:
         return _result(state, completed=True)
 
     def _write_model(self, state: TrainingState, exports: bool) -> None:
-        if self.role.is_main:
-            best = self.best_params if self.best_params.exists() else None
-            label_map = self.feed.data.train_label_map
-            write_model(
-                self.job, self.net, best, state.early_stopping, label_map, working_size(self.config), exports
-            )
+        """The model directory (main worker): best parameters (the final ones when nothing was validated)
+        and final ones; the symbol and ONNX exports and the int8 model unless `exports` is False (a stop: no
+        time to build networks)."""
+        if not self.role.is_main:
+            return
+        model_dir = self.job.paths.model_dir
+        written = artifacts.write_model_dir(
+            model_dir,
+            self._manifest(state.early_stopping),
+            final_net=self.net,
+            best=self.best_params if self.best_params.exists() else None,
+            hyperparameters=self.config.to_json_dict(),
+            exports=exports,
+        )
+        if not exports:
+            log.info("Model written to %s without its symbol and ONNX exports (`segmaker export %s` adds"
+                     " them)", model_dir, model_dir)
+            return
+        log.info("Model written to %s", model_dir)
+        if written.onnx_file is not None:
+            quantize_after_training(self.job.paths, self.job.channels, written.directory)
+
+    def _manifest(self, early_stopping: EarlyStoppingState) -> artifacts.ModelManifest:
+        config, validated = self.config, early_stopping.best_epoch is not None
+        return artifacts.ModelManifest(
+            algorithm=config.algorithm,
+            backbone=config.backbone,
+            num_classes=config.num_classes,
+            working_size=working_size(config),
+            class_names=config.class_names,
+            label_map=self.feed.data.train_label_map.to_json(),
+            best_epoch=early_stopping.best_epoch,
+            best_miou=early_stopping.best_miou if validated else None,
+            image_scale=config.image_scale,
+        )
 
     def _prediction_examples(self) -> Optional[outputs.Examples]:
         """A few validation images predicted with the best weights, for the plot (main worker only)."""
@@ -327,7 +357,7 @@ def _result(state: TrainingState, completed: bool) -> TrainingResult:
     early = state.early_stopping
     return TrainingResult(
         completed=completed,
-        history=tuple(EpochRecord.from_dict(row) for row in state.history),
+        history=state.history.records,
         best_epoch=early.best_epoch,
         best_miou=early.best_miou if early.best_epoch is not None else None,
     )

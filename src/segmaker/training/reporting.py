@@ -2,7 +2,7 @@
 table in the log, output/data (metrics files, curves, report) written by the main worker."""
 
 import logging
-from typing import Optional, Sequence
+from typing import Optional
 
 from segmaker import metrics, outputs
 from segmaker.config import TrainingConfig
@@ -18,7 +18,7 @@ class Reporter:
         self.config, self.role, self.paths = config, role, paths
 
     def epoch(
-        self, record: EpochRecord, matrix: Optional[metrics.ConfusionMatrix], history: Sequence[dict]
+        self, record: EpochRecord, matrix: Optional[metrics.ConfusionMatrix], history: outputs.History
     ) -> None:
         """One finished epoch: metric lines, per-class table, metrics files (history includes `record`)."""
         self._print_metric_lines(record, matrix)
@@ -26,10 +26,9 @@ class Reporter:
             table = metrics.per_class_table(matrix, self.config.class_names)
             log.info("Epoch %d validation per class:\n%s", record.epoch, table)
         if self.role.is_main:
-            records = [EpochRecord.from_dict(row) for row in history]
-            outputs.write_metrics(records, self.paths.output_data_dir, self.config.class_names)
+            outputs.write_metrics(history.records, self.paths.output_data_dir, self.config.class_names)
 
-    def final(self, history: Sequence[dict], examples: Optional[outputs.Examples]) -> None:
+    def final(self, history: outputs.History, examples: Optional[outputs.Examples]) -> None:
         """output/data and its report.html; `examples` are the prediction plot's (None: no plot)."""
         if self.role.is_main:
             report = outputs.write_outputs(self.paths.output_data_dir, history, self.config, examples)

@@ -67,6 +67,16 @@ def test_png_is_the_default_for_star_accept(client):
     assert response.mimetype == "image/png" and _mask(response).shape == (20, 30)
 
 
+@pytest.mark.parametrize("accept, chosen", [
+    ("image/png;q=0.2, application/json", "application/json"),
+    ("application/json;q=0.5, */*;q=0.6", "image/png"),
+    ("text/html, application/x-protobuf;q=0.1", "application/x-protobuf"),
+])
+def test_accept_q_values_choose_the_answer(client, accept, chosen):
+    response = _invoke(client, image_bytes(9, 13), accept=accept)
+    assert response.status_code == 200 and response.mimetype == chosen
+
+
 @pytest.mark.parametrize("accept", ["application/x-recordio-protobuf", "application/x-protobuf"])
 def test_protobuf_answer_has_probabilities_agreeing_with_the_mask(client, accept):
     body = image_bytes(21, 34, "PNG")

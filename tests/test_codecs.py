@@ -137,12 +137,20 @@ def test_bomb_under_pils_own_threshold_is_refused_by_ours():
     ("text/html, */*;q=0.1", "image/png"),
     ("APPLICATION/JSON", "application/json"),
     ("application/json;q=oops", "application/json"),
+    # q-values: the most specific matching range sets a type's q; equal q goes to the ENCODERS order
+    ("application/json;q=0.5, application/*;q=0.9", "application/x-recordio-protobuf"),
+    ("application/x-protobuf;q=0.8, image/png;q=0.8", "image/png"),
+    ("image/png;q=0.3, application/json;q=0.31", "application/json"),
+    ("application/json;q=2, image/png;q=0.9", "application/json"),  # clamped to 1
+    ("*;q=0.5, application/json;q=0.4", "image/png"),
+    ('application/json;q=0.9;foo="a,b", image/png;q=0.8', "application/json"),  # a quoted comma
 ])
 def test_accept_picks_the_best_supported_type(accept, chosen):
     assert codecs.negotiate(accept) == chosen
 
 
-@pytest.mark.parametrize("accept", ["text/html", "image/jpeg", "application/json;q=0", "text/*"])
+@pytest.mark.parametrize("accept", ["text/html", "image/jpeg", "application/json;q=0", "text/*", "*/*;q=0",
+                                    "application/json;q=-1", "image/png;q=0, application/*;q=0.0"])
 def test_unsatisfiable_accept_is_406_naming_the_supported_types(accept):
     with pytest.raises(NotAcceptable, match="image/png, application/x-recordio-protobuf"):
         codecs.encoder_for(accept)

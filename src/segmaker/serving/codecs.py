@@ -28,6 +28,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
+from werkzeug.datastructures import MIMEAccept
+from werkzeug.http import parse_list_header, parse_options_header
 
 from segmaker.data.decode import PIL_ERRORS, ImageDecodeError, rgb_pixels
 from segmaker.errors import BadRequest, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
@@ -267,44 +269,39 @@ def request_options(header: Optional[str]) -> RequestOptions:
 # --------------------------------------------------------------------------------- content negotiation
 
 
-def _accept_ranges(header: str) -> List[Tuple[str, float]]:
-    """(media range, q) for each entry of an Accept header; malformed q values count as 1."""
-    ranges = []
-    for entry in header.split(","):
-        parts = [part.strip() for part in entry.split(";")]
-        if not parts[0]:
-            continue
-        quality = 1.0
-        for parameter in parts[1:]:
-            name, _, value = parameter.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 1.0
-        ranges.append((parts[0].lower(), quality))
-    return ranges
+def accepted(header: Optional[str]) -> MIMEAccept:
+    """The Accept header as Werkzeug's `MIMEAccept`, read leniently: media ranges bare (parameters such
+    as `charset=utf-8` dropped, as for Content-Type), `*` read as `*/*`, and a q that is not a number
+    counts as 1, a number outside [0, 1] is clamped to it.
+
+    Werkzeug's own reading (`request.accept_mimetypes`) would drop an entry whose q is malformed, and
+    match `application/json; charset=utf-8` only against a type offered with that same parameter; both
+    requests are answered as the client plainly meant. Werkzeug's header parsers split the value.
+    """
+    entries = []
+    for item in parse_list_header(header or ""):
+        media_range, parameters = parse_options_header(item)
+        if media_range:
+            entries.append(("*/*" if media_range == "*" else media_range, _quality(parameters.get("q"))))
+    return MIMEAccept(entries)
 
 
-def _quality(candidate: str, ranges: List[Tuple[str, float]]) -> float:
-    """q of the most specific range matching `candidate` (exact > type/* > */*); 0 when none matches."""
-    best_specificity, best_quality = -1, 0.0
-    kind = candidate.split("/", 1)[0]
-    for media_range, quality in ranges:
-        specificity = {candidate: 2, kind + "/*": 1, "*/*": 0, "*": 0}.get(media_range, -1)
-        if specificity > best_specificity:
-            best_specificity, best_quality = specificity, quality
-    return best_quality
+def _quality(raw: Optional[str]) -> float:
+    try:
+        return min(max(float(raw), 0.0), 1.0) if raw is not None else 1.0
+    except ValueError:
+        return 1.0
 
 
 def negotiate(accept_header: Optional[str]) -> str:
-    """The supported type the Accept header prefers (ties go to the order of ENCODERS); 406 if none."""
-    ranges = _accept_ranges(accept_header or "")
-    if not ranges:
+    """The supported type the Accept header prefers, by Werkzeug's `best_match`: the most specific
+    matching range (exact > type/* > */*) gives each type its q, the highest q wins, ties go to the order
+    of ENCODERS. No header (or an empty one): image/png. 406 when nothing supported is acceptable."""
+    accept = accepted(accept_header)
+    if not accept:
         return DEFAULT_ACCEPT
-    scored = [(_quality(candidate, ranges), -order, candidate) for order, candidate in enumerate(ENCODERS)]
-    quality, _, best = max(scored)
-    if quality <= 0:
+    best = accept.best_match(list(ENCODERS))
+    if best is None:
         raise NotAcceptable("Accept {!r} matches no supported type; use one of: {}"
                             .format(accept_header, ", ".join(ENCODERS)))
     return best

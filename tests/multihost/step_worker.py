@@ -15,10 +15,12 @@ from mxnet import autograd, gluon
 
 from segmaker.environment import ResourceConfig, read_distributed_settings
 from segmaker.training import distributed
+from segmaker.training.optimizer import GlobalBatchTrainer
 
 HOSTS = ["127.0.0.1", "127.0.0.2"]
 GLOBAL_BATCH = 8
 STEPS = 3
+HIDDEN_LAYERS = 12
 SEEDS = (7, 11)
 
 
@@ -30,7 +32,11 @@ def small_net(seed: int) -> gluon.HybridBlock:
         gluon.nn.BatchNorm(use_global_stats=True),
         gluon.nn.Activation("relu"),
     )
-    net.add(gluon.nn.GlobalAvgPool2D(), gluon.nn.Dense(3))
+    net.add(gluon.nn.GlobalAvgPool2D())
+    # Many small layers: many kvstore keys, each a chance for the first step's init race (optimizer.py).
+    for _ in range(HIDDEN_LAYERS):
+        net.add(gluon.nn.Dense(8, activation="tanh"))
+    net.add(gluon.nn.Dense(3))
     mx.random.seed(seed)
     net.initialize(mx.init.Xavier())
     net(mx.nd.zeros((1, 2, 6, 6)))
@@ -71,11 +77,13 @@ def main(host: str, out_dir: Path) -> None:
 
 
 def train(net: gluon.HybridBlock, kvstore, rank: int, world: int) -> gluon.HybridBlock:
-    """STEPS steps of SGD with momentum; this worker takes its contiguous share of each global batch."""
-    trainer = gluon.Trainer(
+    """STEPS steps of SGD with momentum through segmaker's trainer; this worker takes its contiguous share of
+    each global batch and steps by its share (the trainer scales by the host count)."""
+    trainer = GlobalBatchTrainer(
         net.collect_params(),
         "sgd",
         {"learning_rate": 0.1, "momentum": 0.9},
+        hosts=world,
         kvstore=kvstore,
         update_on_kvstore=False if kvstore is not None else None,
     )
@@ -86,8 +94,19 @@ def train(net: gluon.HybridBlock, kvstore, rank: int, world: int) -> gluon.Hybri
         with autograd.record():
             loss = loss_fn(net(mx.nd.array(images[mine])), mx.nd.array(labels[mine]))
         loss.backward()
-        trainer.step(GLOBAL_BATCH)
+        mx.nd.waitall()
+        _occupy_the_engine()
+        trainer.step(share)
     return net
+
+
+def _occupy_the_engine() -> None:
+    """Queue a long matrix product ahead of the step. The test runs the engine with ONE CPU worker thread
+    (MXNET_CPU_WORKER_NTHREADS=1), so the step's kvstore operations all wait behind it and then leave in
+    the engine's priority order rather than in the order they were issued: the first step's init pulls
+    and gradient push-pulls meet as they would under load (the race optimizer.GlobalBatchTrainer closes)."""
+    square = mx.nd.ones((1500, 1500))
+    mx.nd.dot(square, square)
 
 
 def _fail(reason: str) -> None:

@@ -150,6 +150,40 @@ def test_cross_entropy_plus_dice_is_the_sum():
     np.testing.assert_allclose(grad, ce_grad + dice_grad, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("kind", [CROSS_ENTROPY, CROSS_ENTROPY_AND_DICE])
+def test_two_hosts_shares_add_up_to_the_global_batch_loss(kind):
+    """Two hosts, each with half of a global batch whose halves have different numbers of valid pixels:
+    the hosts' reported shares add up to the global batch's loss (numpy reference), which the mean of the
+    hosts' own losses misses. `global_sum` plays the parameter server: it adds both hosts' statistics,
+    recorded in a first pass (a host's statistics do not depend on what the sum returns)."""
+    logits, masks = tiny_case(seed=4, batch=4)
+    masks[2:, :3] = IGNORE  # the second host's half has far fewer valid pixels
+    halves = [slice(0, 2), slice(2, 4)]
+    recorded = []
+    for half in halves:
+        record = SegmentationLoss(3, kind, global_sum=lambda v: recorded.append(v) or v, hosts=2)
+        logits_gradient(record, [logits[half]], [masks[half]], [mx.cpu()])
+    both = recorded[0] + recorded[1]
+    host_losses, shares = [], []
+    for half in halves:
+        loss = SegmentationLoss(3, kind, global_sum=lambda v: both, hosts=2)
+        arrays = [mx.nd.array(logits[half])]
+        with autograd.record():
+            step = loss(
+                [(a,) for a in arrays],
+                [mx.nd.array(masks[half].astype(np.float32))],
+                loss.class_counts(masks[half]),
+            )
+        host_loss, share = step.read()
+        host_losses.append(host_loss)
+        shares.append(share)
+    reference, _ = reference_cross_entropy(logits, masks, (1, 1, 1))
+    if kind == CROSS_ENTROPY_AND_DICE:
+        reference += reference_dice(logits, masks, (1, 1, 1))[0]
+    assert sum(shares) == pytest.approx(reference, rel=1e-5)
+    assert np.mean(host_losses) != pytest.approx(reference, rel=1e-2)
+
+
 def test_cross_entropy_gradient_is_the_same_split_over_two_devices():
     """The halves hold different numbers of ignored pixels: a per-device normaliser would differ."""
     logits, masks = tiny_case(seed=3)

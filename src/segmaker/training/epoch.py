@@ -27,7 +27,7 @@ class EpochStats:
 
     iterations: int = 0
     images: int = 0
-    loss_sum: float = 0.0
+    loss_sum: float = 0.0  # this host's shares of each step's global-batch loss (StepLoss.read)
     seconds: float = 0.0
     last_lr: float = 0.0
     class_pixels: Tuple[int, ...] = ()  # training pixels per class (ignore not counted)
@@ -95,12 +95,12 @@ def train_one_epoch(
         step_loss = _step(net, trainer, loss_fn, batch_images, batch_masks, counts, contexts)
         # Reading the previous step's loss here (not this one's) keeps the device one step ahead of Python.
         if pending is not None:
-            loss_sum += progress.record(pending.value(), images)
+            loss_sum += progress.record(pending, images)
         pending, images = step_loss, images + len(batch_images)
         if stop_requested.is_set():
             break
     if pending is not None:
-        loss_sum += progress.record(pending.value(), images)
+        loss_sum += progress.record(pending, images)
     mx.nd.waitall()
     return EpochStats(done, images, loss_sum, progress.elapsed(), lr, tuple(int(n) for n in class_pixels))
 
@@ -142,7 +142,9 @@ class _Progress:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def record(self, loss: float, images_done: int) -> float:
+    def record(self, step_loss: StepLoss, images_done: int) -> float:
+        """Log this host's loss; return its share of the global batch's loss (what the epoch adds up)."""
+        loss, share = step_loss.read()
         self.steps += 1
         self.window_loss += loss
         self.window_steps += 1
@@ -150,7 +152,7 @@ class _Progress:
         is_last = self.steps == self.plan.iterations
         if self.last_logged is None or is_last or now - self.last_logged >= PROGRESS_EVERY_SECONDS:
             self._log(images_done, now)
-        return loss
+        return share
 
     def _log(self, images_done: int, now: float) -> None:
         elapsed = now - self.started

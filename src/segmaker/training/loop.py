@@ -152,6 +152,7 @@ class _Run:
             weights,
             aux_weight=config.aux_weight,
             global_sum=cluster.loss_statistics_sum,
+            hosts=self.role.world_size,
         )
         self.schedule = schedule_for(config, per_epoch)
         self.rule = EarlyStoppingRule.from_config(config)
@@ -233,8 +234,8 @@ class _Run:
 
     def _whole_job(self, stats: EpochStats) -> EpochStats:
         """On several hosts, what the whole job measured: images and class pixels summed (so the checks
-        on classes without pixels decide alike everywhere), and the loss as the mean of the hosts' means
-        (every host trained on an equal slice of each global batch)."""
+        on classes without pixels decide alike everywhere), and the loss as the sum of the hosts' shares
+        of each step's global loss (training/loss.py StepLoss.read): the loss of the global batch."""
         if not self.cluster.is_distributed:
             return stats
         loss_sum, images = self.cluster.sum_floats("epoch-loss", np.array([stats.loss_sum, stats.images]))
@@ -243,7 +244,7 @@ class _Run:
             pixels = tuple(self.cluster.sum_integers("class-pixels", np.array(pixels)).tolist())
         return replace(
             stats,
-            loss_sum=float(loss_sum) / self.role.world_size,
+            loss_sum=float(loss_sum),
             images=int(round(images)),
             class_pixels=pixels,
         )

@@ -58,19 +58,31 @@ def single_host_sum(values: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class StepLoss:
     """One step's loss: `objectives` (one scalar NDArray per device) are what to backpropagate; the
-    reported value, the main head's loss over this host's valid pixels, is read with `value()` (it waits
-    for the device, so read it a step later to keep the device busy)."""
+    reported values, of the main head, are read with `read()` (it waits for the device, so read it a step
+    later to keep the device busy)."""
 
     objectives: List[mx.nd.NDArray]
     _main_ce_sums: List[mx.nd.NDArray]
     _main_dice: float
-    _valid_weight: float
+    _host_weight: float  # W over this host's valid pixels
+    _global_weight: float  # W over the global batch's (every host's)
+    _hosts: int
+
+    def read(self) -> Tuple[float, float]:
+        """(this host's L_main, this host's share of the global batch's L_main).
+
+        This host's L_main is the mean (class-weighted) cross entropy over its own valid pixels, plus the
+        Dice loss when configured (progress lines). The shares of all hosts add up to the global batch's
+        L_main: Σ_hosts CE-sum_h / W + Dice / hosts (the Dice value is already global). On one host the
+        two are the same number."""
+        ce_sum = sum(float(total.asscalar()) for total in self._main_ce_sums)
+        host_loss = ce_sum / self._host_weight + self._main_dice
+        share = ce_sum / self._global_weight + self._main_dice / self._hosts
+        return host_loss, share
 
     def value(self) -> float:
-        """L_main over this host's batch: the mean (class-weighted) cross entropy over valid pixels,
-        plus the Dice loss when configured."""
-        ce_sum = sum(float(total.asscalar()) for total in self._main_ce_sums)
-        return ce_sum / self._valid_weight + self._main_dice
+        """This host's L_main (see `read`)."""
+        return self.read()[0]
 
 
 class SegmentationLoss:
@@ -88,6 +100,7 @@ class SegmentationLoss:
         class_weights: Optional[Sequence[float]] = None,
         aux_weight: float = 0.5,
         global_sum: GlobalSum = single_host_sum,
+        hosts: int = 1,
     ):
         if kind not in LOSSES:
             raise ValueError(f"unknown loss {kind!r}; one of {', '.join(LOSSES)}")
@@ -99,6 +112,7 @@ class SegmentationLoss:
         self.class_weights = weights
         self.aux_weight = float(aux_weight)
         self.global_sum = global_sum
+        self.hosts = hosts  # how many hosts' shares `global_sum` adds up (for the reported loss)
         self._device_weights = {}  # context -> the class weights as a float32 NDArray there
 
     @property
@@ -151,8 +165,15 @@ class SegmentationLoss:
             objectives.append(mx.nd.add_n(*terms) if len(terms) > 1 else terms[0])
         main_ce = [total.detach() for total in ce_sums.get(0, [])]
         main_dice = self._dice_value(*stats.dice[0]) if self.uses_dice else 0.0
-        local_weight = float(np.dot(counts, self.class_weights))
-        return StepLoss(objectives, main_ce, main_dice, local_weight if local_weight > 0 else 1.0)
+        host_weight = float(np.dot(counts, self.class_weights))
+        return StepLoss(
+            objectives,
+            main_ce,
+            main_dice,
+            host_weight if host_weight > 0 else 1.0,
+            stats.normaliser,
+            self.hosts,
+        )
 
     def _head_term(self, device: int, head: int, ce_sums, dice_sums, stats: "_GlobalStatistics"):
         """CE_d and/or Dice_d of one head on one device (shape (1,))."""

@@ -2,12 +2,13 @@
 #
 # GPU flavour (default):  docker build -t segmaker:gpu .
 # CPU flavour:            docker build -t segmaker:cpu --build-arg BASE_IMAGE=debian:bookworm-slim \
-#                                      --build-arg MXNET_PACKAGE=mxnet==1.9.1 .
-# Every argument, the extra-CA and wheelhouse options, and the local base image: docs/IMAGE.md.
+#                                      --build-arg FLAVOUR=cpu .
+# Every argument, the lock files, the extra-CA and wheelhouse options, and the local base image: docs/IMAGE.md.
 
-# The base must be Debian or Ubuntu (apt). For the GPU flavour it must carry the CUDA 11.x runtime and cuDNN 8
+# The base must be Debian or Ubuntu (apt) with the Python its flavour's lock is resolved for: 3.11 for CPU
+# (Debian bookworm), 3.8 for GPU (Ubuntu 20.04). For the GPU flavour it must carry the CUDA 11.x runtime and cuDNN 8
 # that mxnet-cu112 links against (it bundles neither).
-# Stages: system (OS packages) -> build-base (venv, CA, pip) -> requirements -> deps (dependencies, weights) ->
+# Stages: system (OS packages) -> build-base (venv, CA, locked pip) -> deps (locked dependencies, weights) ->
 # app (segmaker); the final image is system plus /opt/segmaker from deps and app.
 ARG BASE_IMAGE=nvidia/cuda:11.2.2-cudnn8-runtime-ubuntu20.04
 
@@ -20,9 +21,9 @@ COPY container/install_system_packages.sh /tmp/install_system_packages.sh
 RUN bash /tmp/install_system_packages.sh runtime && rm /tmp/install_system_packages.sh
 
 # ---------------------------------------------------------------------------------------------------------------
-# build-base: what every build stage shares: an empty virtualenv, extra CA certificates and pip's settings. The
-# final image copies only /opt/segmaker out of the build stages, so extra CA certificates, the wheelhouse and
-# pip's cache never reach it.
+# build-base: what every build stage shares: a virtualenv with the locked build tools, extra CA certificates and
+# pip's settings. The final image copies only /opt/segmaker out of the build stages, so extra CA certificates, the
+# wheelhouse and pip's cache never reach it.
 FROM system AS build-base
 ARG DEBIAN_FRONTEND=noninteractive
 # true: pip installs from container/wheelhouse/ only, with no index (builds without access to PyPI).
@@ -43,24 +44,30 @@ ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
     MXNET_HOME=/opt/segmaker/mxnet \
     PATH=/opt/segmaker/venv/bin:$PATH
 COPY container/wheelhouse/ /tmp/wheelhouse/
-RUN python3 -m venv /opt/segmaker/venv && pip install --quiet --upgrade "pip>=23,<25"
+# Every Python package comes from a lock file with hashes (`make lock`); --no-deps because a lock is complete.
+# The build tools first: Ubuntu 20.04's venv brings pip 20.0, which cannot read the dependencies' manylinux_2_28 tags.
+COPY container/requirements-build.lock /tmp/build/
+RUN python3 -m venv /opt/segmaker/venv \
+    && pip install --quiet --require-hashes --no-deps -r /tmp/build/requirements-build.lock
 
 # ---------------------------------------------------------------------------------------------------------------
-# requirements: pyproject.toml's runtime dependencies for this flavour. Its own stage so that editing other parts
-# of pyproject.toml (version, dev tools) leaves the cached dependency layer below untouched.
-FROM build-base AS requirements
-ARG MXNET_PACKAGE=mxnet-cu112==1.9.1
-COPY pyproject.toml container/requirements_from_pyproject.py /tmp/build/
-RUN python /tmp/build/requirements_from_pyproject.py /tmp/build/pyproject.toml "$MXNET_PACKAGE" \
-        > /tmp/build/requirements.txt
-
-# ---------------------------------------------------------------------------------------------------------------
-# deps: MXNet, GluonCV and the other dependencies in the venv, plus the baked-in ImageNet weights.
+# deps: the flavour's locked dependencies (MXNet, GluonCV, ...) in the venv, plus the baked-in ImageNet weights.
+# Only the lock file is copied in, so edits elsewhere (pyproject.toml's version, src/) keep this layer cached.
 FROM build-base AS deps
+ARG FLAVOUR=gpu
 ARG PRETRAINED_WEIGHTS=bake
 ARG WEIGHTS_REPO_URL=https://apache-mxnet.s3-accelerate.dualstack.amazonaws.com/
-COPY --from=requirements /tmp/build/requirements.txt /tmp/build/requirements.txt
-RUN pip install --quiet -r /tmp/build/requirements.txt \
+COPY container/requirements-${FLAVOUR}.lock /tmp/build/requirements.lock
+# A lock holds the wheels of one Python version (the --python-version in its header): another base's Python is
+# refused by name here rather than by pip failing on the first wheel it cannot find.
+ARG BASE_IMAGE
+RUN locked="$(sed -n '/--python-version/{s/.*--python-version \([0-9.]*\).*/\1/p;q}' /tmp/build/requirements.lock)" \
+    && base="$(python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
+    && if [ "$locked" != "$base" ]; then \
+        echo "container/requirements-${FLAVOUR}.lock is for Python $locked; the base $BASE_IMAGE has $base" >&2; \
+        exit 1; \
+    fi \
+    && pip install --quiet --require-hashes --no-deps -r /tmp/build/requirements.lock \
     && python -c "import mxnet, gluoncv; print('mxnet', mxnet.__version__, 'imports')"
 
 # GluonCV's own downloader: model_store names, and the SHA-1 it checks every file against.
@@ -83,7 +90,10 @@ RUN echo /opt/segmaker/app > "$(python -c 'import sysconfig; print(sysconfig.get
 FROM deps AS app
 COPY pyproject.toml README.md /tmp/build/src/
 COPY src/ /tmp/build/src/src/
-RUN pip install --quiet --no-deps --no-warn-script-location --target /opt/segmaker/app /tmp/build/src \
+# Built with the locked setuptools and wheel of the venv (no isolated build environment fetched from the index);
+# pip check then confirms that the locked set satisfies segmaker's own requirements.
+RUN pip install --quiet --no-deps --no-build-isolation --no-warn-script-location --target /opt/segmaker/app \
+        /tmp/build/src \
     && PATH=/opt/segmaker/app/bin:$PATH segmaker --help >/dev/null \
     && pip check
 

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test test-fast lint clean
+.PHONY: setup test test-fast lint lock clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,22 @@ test-fast: setup
 lint: setup
 	$(PY) -m ruff check src tests examples scripts
 	$(VENV)/bin/vermin --no-tips --target=3.8- --violations src
+
+# ---- the image's lock files (docs/IMAGE.md) ----
+# Each image flavour installs exactly these pins, with hashes. Resolved for the flavour's Python and platform (not
+# this host's): CPU on Debian bookworm's 3.11, GPU on Ubuntu 20.04's 3.8, both glibc >= 2.28; the build tools
+# (pure Python) for 3.8, the older of the two. A re-run keeps the versions already locked unless pyproject.toml no
+# longer admits them; `make lock UPGRADE=--upgrade` (or `UPGRADE="--upgrade-package pillow"`) moves them on.
+# uv trusts the host's certificate store (UV_SYSTEM_CERTS), where a TLS-inspecting proxy's CA lives.
+UPGRADE ?=
+LOCK_FLAGS := --python-platform x86_64-manylinux_2_28 --only-binary :all: --generate-hashes
+UV_COMPILE := UV_SYSTEM_CERTS=1 UV_PYTHON_DOWNLOADS=never $(VENV)/bin/uv pip compile --quiet $(UPGRADE)
+
+lock: setup
+	$(UV_COMPILE) pyproject.toml --extra cpu --python-version 3.11 $(LOCK_FLAGS) -o container/requirements-cpu.lock
+	$(UV_COMPILE) pyproject.toml --extra gpu --python-version 3.8 $(LOCK_FLAGS) -o container/requirements-gpu.lock
+	$(UV_COMPILE) container/requirements-build.in --python-version 3.8 $(LOCK_FLAGS) \
+		-o container/requirements-build.lock
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

@@ -5,15 +5,17 @@
 #   docker/build_image.sh [--cpu|--gpu] [--tag TAG] [--base IMAGE] [--weights bake|skip]
 #                         [--extra-ca-certs FILE] [--wheelhouse] [-- DOCKER_BUILD_ARGS...]
 #
-#   --cpu              CPU flavour (mxnet); default base segmaker-base:bookworm (docker/make_base_image.sh)
-#   --gpu              GPU flavour (mxnet-cu112), the default; base nvidia/cuda:11.2.2-cudnn8-runtime-ubuntu20.04
-#   --base IMAGE       another Debian/Ubuntu base (e.g. debian:bookworm-slim where Docker Hub is reachable)
+#   --cpu              CPU flavour (mxnet, container/requirements-cpu.lock: Python 3.11); default base
+#                      segmaker-base:bookworm (docker/make_base_image.sh)
+#   --gpu              GPU flavour (mxnet-cu112, container/requirements-gpu.lock: Python 3.8), the default; base
+#                      nvidia/cuda:11.2.2-cudnn8-runtime-ubuntu20.04
+#   --base IMAGE       another Debian/Ubuntu base with the lock's Python (e.g. debian:bookworm-slim for CPU)
 #   --weights skip     leave out the baked ImageNet weights (default: bake; needs the weights' URL reachable)
 #   --extra-ca-certs   a PEM file of CA certificates the build must trust (TLS-inspecting proxy); defaults to
 #                      $SEGMAKER_EXTRA_CA_CERTS, else to the bundle this host's pip trusts ($PIP_CERT, or
 #                      `cert` in pip's configuration files), if any
-#   --wheelhouse       pip-download every Python dependency on this host into container/wheelhouse/ first and
-#                      build with no package index at all
+#   --wheelhouse       pip-download the flavour's locked wheels (hash-checked) on this host into
+#                      container/wheelhouse/ first and build with no package index at all
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,7 +43,7 @@ while [ $# -gt 0 ]; do
         --extra-ca-certs) EXTRA_CA="${2:?--extra-ca-certs needs a file}"; shift ;;
         --wheelhouse) WHEELHOUSE=1 ;;
         --) shift; EXTRA_ARGS=("$@"); break ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
     shift
@@ -49,11 +51,12 @@ done
 case "$WEIGHTS" in bake|skip) ;; *) die "--weights must be bake or skip, not $WEIGHTS" ;; esac
 
 if [ "$FLAVOUR" = cpu ]; then
-    MXNET_PACKAGE="mxnet==1.9.1"; BASE="${BASE:-segmaker-base:bookworm}"; TAG="${TAG:-segmaker:cpu}"
+    BASE="${BASE:-segmaker-base:bookworm}"; TAG="${TAG:-segmaker:cpu}"
 else
-    MXNET_PACKAGE="mxnet-cu112==1.9.1"; BASE="${BASE:-nvidia/cuda:11.2.2-cudnn8-runtime-ubuntu20.04}"
-    TAG="${TAG:-segmaker:gpu}"
+    BASE="${BASE:-nvidia/cuda:11.2.2-cudnn8-runtime-ubuntu20.04}"; TAG="${TAG:-segmaker:gpu}"
 fi
+LOCK="$REPO_ROOT/container/requirements-$FLAVOUR.lock"
+BUILD_LOCK="$REPO_ROOT/container/requirements-build.lock"
 
 CA_DIR="$REPO_ROOT/container/extra-ca-certificates"
 CA_COPY="$CA_DIR/build-host.crt"
@@ -65,24 +68,25 @@ if [ -n "$EXTRA_CA" ]; then
     cp "$EXTRA_CA" "$CA_COPY"
 fi
 
-# Wheels for the image's Python, not this host's: the GPU base (Ubuntu 20.04) has 3.8, Debian bookworm 3.11.
+# The locks' own wheels for the image's Python and platform, not this host's: the Python version is the one the
+# lock was resolved for (its header), the platforms those of glibc 2.28 and older, as `make lock` resolves.
+locked_python() {
+    sed -n '/--python-version/{s/.*--python-version \([0-9.]*\).*/\1/p;q}' "$1"
+}
 fill_wheelhouse() {
-    local python_version="$1" requirements
-    requirements="$(mktemp)"
-    python3 "$REPO_ROOT/container/requirements_from_pyproject.py" "$REPO_ROOT/pyproject.toml" "$MXNET_PACKAGE" \
-        >"$requirements"
-    printf '%s\n' "setuptools>=64" wheel "pip>=23,<25" >>"$requirements"  # what the build installs besides
+    local lock="$1" python_version
+    python_version="$(locked_python "$lock")"
+    [ -n "$python_version" ] || die "$lock names no --python-version in its header (regenerate it with make lock)"
+    # The build tools are pure Python (py3-none-any), so the same download serves both flavours' Pythons.
     python3 -m pip download --quiet --dest "$REPO_ROOT/container/wheelhouse" --only-binary=:all: \
-        --python-version "$python_version" --implementation cp \
+        --no-deps --require-hashes --python-version "$python_version" --implementation cp \
         --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
         --platform manylinux1_x86_64 --platform manylinux2010_x86_64 --platform any \
-        -r "$requirements" || { rm -f "$requirements"; die "pip download into container/wheelhouse failed"; }
-    rm -f "$requirements"
+        -r "$lock" -r "$BUILD_LOCK" || die "pip download of $lock into container/wheelhouse failed"
 }
-BUILD_ARGS=(--build-arg "BASE_IMAGE=$BASE" --build-arg "MXNET_PACKAGE=$MXNET_PACKAGE"
-            --build-arg "PRETRAINED_WEIGHTS=$WEIGHTS")
+BUILD_ARGS=(--build-arg "BASE_IMAGE=$BASE" --build-arg "FLAVOUR=$FLAVOUR" --build-arg "PRETRAINED_WEIGHTS=$WEIGHTS")
 if [ "$WHEELHOUSE" = 1 ]; then
-    if [ "$FLAVOUR" = cpu ]; then fill_wheelhouse 3.11; else fill_wheelhouse 3.8; fi
+    fill_wheelhouse "$LOCK"
     BUILD_ARGS+=(--build-arg WHEELHOUSE_ONLY=true)
 fi
 

@@ -1,6 +1,7 @@
 """The image, driven as SageMaker and users drive it: `docker run IMAGE train|serve` on an /opt/ml tree.
 
-Also the build helpers in container/ (fast tests, no Docker): the flavour's requirements and the weight fetch.
+Also the build helper in container/ that fetches the weights (a fast test, no Docker). The lock files the
+image installs from are held against pyproject.toml in test_locks.py, and against the image's packages here.
 """
 
 import io
@@ -18,6 +19,7 @@ from typing import Iterator
 
 import numpy as np
 import pytest
+from packaging.utils import canonicalize_name
 from PIL import Image
 
 from tests.docker_helpers import (
@@ -31,6 +33,7 @@ from tests.docker_helpers import (
     run,
     wait_until_pinged,
 )
+from tests.lockfiles import LOCKS, read_lock, target_python
 from tests.synthetic import encode_image, make_sample, write_opt_ml
 
 MAX_CPU_IMAGE_BYTES = 1.5e9
@@ -55,27 +58,6 @@ def _load_container_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def test_gpu_requirements_swap_mxnet_and_keep_the_rest():
-    requirements = _load_container_script("requirements_from_pyproject")
-    dependencies = ["MXNet==1.9.1", "gluoncv==0.10.5.post0", "numpy==1.23.5", "mxnet_extra>=1"]
-    assert requirements.image_requirements(dependencies, "mxnet-cu112==1.9.1") == [
-        "mxnet-cu112==1.9.1",
-        "gluoncv==0.10.5.post0",
-        "numpy==1.23.5",
-        "mxnet_extra>=1",
-    ]
-    with pytest.raises(ValueError, match="no mxnet dependency"):
-        requirements.image_requirements(["numpy==1.23.5"], "mxnet-cu112==1.9.1")
-
-
-def test_requirements_script_reads_this_projects_pyproject(capsys):
-    requirements = _load_container_script("requirements_from_pyproject")
-    assert requirements.main(["x", str(REPO_ROOT / "pyproject.toml"), "mxnet==1.9.1"]) == 0
-    lines = capsys.readouterr().out.split()
-    assert lines[0] == "mxnet==1.9.1" and "numpy==1.23.5" in lines
-    assert sum(requirements.distribution_name(line) == "mxnet" for line in lines) == 1
 
 
 @pytest.fixture
@@ -137,6 +119,43 @@ def test_image_contract(cpu_image):
     assert lines[0] == "1.9.1 1.23.5 0.10.5.post0"
     assert lines[1] == "False True"  # nothing under /opt/ml (SageMaker mounts it); the weights folder exists
     assert lines[2] == "False"  # extra CA certificates stay in the deps stage
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_the_image_venv_holds_exactly_the_locked_packages(cpu_image):
+    """Every distribution Python sees in the image, at the version of the CPU or build lock; nothing else but
+    segmaker itself (so nothing resolved at build time slipped past the locks)."""
+    probe = (
+        "import importlib.metadata as meta, sys;"
+        "print('%d.%d' % sys.version_info[:2]);"
+        "[print(d.metadata['Name'], d.version) for d in meta.distributions()]"
+    )
+    probe_command = ["docker", "run", "--rm", "--entrypoint", "python", cpu_image, "-c", probe]
+    lines = run(probe_command).stdout.split("\n")
+    assert lines[0] == target_python(LOCKS["cpu"])
+    installed = sorted(
+        (canonicalize_name(name), version) for name, version in (line.split() for line in lines[1:] if line)
+    )
+    locked = {**read_lock(LOCKS["cpu"]), **read_lock(LOCKS["build"])}
+    expected = sorted([(name, pin.version) for name, pin in locked.items()] + [("segmaker", "0.1.0")])
+    assert installed == expected
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_lock_for_another_python_is_refused_by_name(cpu_image):
+    """The GPU lock (Python 3.8) on the CPU base (3.11): the build stops in the deps stage, naming both
+    versions. The stages before it come from the cache of the CPU image's build."""
+    build = [str(REPO_ROOT / "docker" / "build_image.sh"), "--gpu", "--base", "segmaker-base:bookworm",
+             "--weights", "skip", "--tag", "segmaker:lock-refusal-test"]
+    result = run(build, check=False, timeout=900)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    wanted = "container/requirements-gpu.lock is for Python {}; the base {} has {}".format(
+        target_python(LOCKS["gpu"]), "segmaker-base:bookworm", target_python(LOCKS["cpu"])
+    )
+    assert wanted in output, output[-3000:]
 
 
 @pytest.fixture(scope="module")

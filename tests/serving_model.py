@@ -1,6 +1,7 @@
 """Tiny real models for the serving tests (random weights, ResNet-50 backbone, small working size)."""
 
 import io
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -12,6 +13,15 @@ from segmaker.models import SegmentationInference, build_network
 from segmaker.serving.predictor import Predictor
 
 CLASS_NAMES = ("background", "road", "car")
+
+
+def copy_weights(source: mx.gluon.Block, target: mx.gluon.Block) -> None:
+    """`target` gets `source`'s weights as MXNet documents it (save_parameters, then load_parameters
+    skipping an auxiliary head `target` lacks), independently of segmaker's loader."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = str(Path(folder) / "weights.params")
+        source.save_parameters(path)
+        target.load_parameters(path, ignore_extra=True)
 
 
 def tiny_inference(algorithm: str = "fcn", size: int = 32, num_classes: int = 3) -> SegmentationInference:

@@ -16,7 +16,8 @@ from segmaker.artifacts import (
     write_model_dir,
 )
 from segmaker.errors import UserError
-from segmaker.models import SegmentationInference, build_network, copy_parameters
+from segmaker.models import SegmentationInference, build_network
+from tests.serving_model import copy_weights
 
 WORKING_SIZE = 64
 MANIFEST = ModelManifest(algorithm="fcn", backbone="resnet50", num_classes=3, working_size=WORKING_SIZE,
@@ -36,7 +37,7 @@ def training_network(seed: int) -> mx.gluon.HybridBlock:
 def reference_masks(net) -> list:
     """What full-resolution inference from `net`'s parameters gives, built without the model directory."""
     inference_net = build_network("fcn", "resnet50", 3, size=WORKING_SIZE, aux=False)
-    copy_parameters(net, inference_net)
+    copy_weights(net, inference_net)
     return SegmentationInference(inference_net, WORKING_SIZE, [mx.cpu()]).predict_masks(IMAGES)
 
 
@@ -90,7 +91,7 @@ def test_symbol_export_computes_the_main_head(model_dir, nets):
     exported = mx.gluon.SymbolBlock.imports(str(model_dir / "model-symbol.json"), ["data"],
                                             str(model_dir / "model-0000.params"))
     reference = build_network("fcn", "resnet50", 3, size=WORKING_SIZE, aux=False)
-    copy_parameters(nets["best"], reference)
+    copy_weights(nets["best"], reference)
     batch = mx.nd.random.uniform(-1, 1, shape=(1, 3, WORKING_SIZE, WORKING_SIZE))
     np.testing.assert_allclose(exported(batch).asnumpy(), reference(batch)[0].asnumpy(), rtol=1e-4, atol=1e-5)
 
@@ -102,7 +103,7 @@ def test_model_dir_includes_onnx_of_the_best_parameters(tmp_path, nets):
     read = write_model_dir(tmp_path, MANIFEST, final_net=nets["final"], best=nets["best"], hyperparameters={})
     assert read.onnx_file == tmp_path / "model.onnx"
     reference = build_network("fcn", "resnet50", 3, size=WORKING_SIZE, aux=False)
-    copy_parameters(nets["best"], reference)
+    copy_weights(nets["best"], reference)
     batch = np.random.default_rng(5).uniform(-1, 1, (1, 3, WORKING_SIZE, WORKING_SIZE)).astype(np.float32)
     session = onnxruntime.InferenceSession(str(read.onnx_file), providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {session.get_inputs()[0].name: batch})

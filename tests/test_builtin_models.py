@@ -16,7 +16,7 @@ from gluoncv.model_zoo import FCN, PSPNet
 
 from segmaker import artifacts
 from segmaker.errors import UserError
-from segmaker.models import build_network, load_parameters
+from segmaker.models import build_network, load_parameters, parameters_by_name
 from tests.serving_model import write_tiny_model_dir
 
 SIZE = 32
@@ -93,7 +93,7 @@ def test_a_builtin_model_seeds_incremental_training(builtin_dir):
     training_net = build_network("psp", "resnet50", 3, size=24, aux=True)
     load_parameters(training_net, model.params_file("best"))  # aux head included: the built-in trains with it
     saved = mx.nd.load(str(model.params_file("best")))
-    for name, param in training_net._collect_params_with_prefix().items():
+    for name, param in parameters_by_name(training_net).items():
         np.testing.assert_array_equal(param.data().asnumpy(), saved[name].asnumpy())
 
 

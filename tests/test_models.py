@@ -10,10 +10,10 @@ from segmaker.errors import UserError
 from segmaker.models import (
     SegmentationInference,
     build_network,
-    copy_parameters,
     find_pretrained_weights,
     load_backbone_weights,
     load_parameters,
+    parameters_by_name,
     pretrained_file_name,
     working_size_for,
 )
@@ -46,7 +46,7 @@ def shared_network():
 
 
 def array(net, name):
-    return net._collect_params_with_prefix()[name].data().asnumpy()
+    return parameters_by_name(net)[name].data().asnumpy()
 
 
 @pytest.mark.parametrize("algorithm", ["fcn", "psp", "deeplab"])
@@ -58,7 +58,7 @@ def test_build_network_outputs_main_and_aux_heads_at_its_size(algorithm, shared_
 
 def test_build_network_without_aux_head(shared_network):
     net = shared_network("fcn", aux=False)
-    assert not any(name.startswith("auxlayer") for name in net._collect_params_with_prefix())
+    assert not any(name.startswith("auxlayer") for name in parameters_by_name(net))
     assert len(net(mx.nd.zeros((1, 3, SIZE, SIZE)))) == 1
 
 
@@ -161,7 +161,7 @@ def test_load_backbone_weights_fills_every_backbone_parameter(resnet50_file):
     head_before = array(net, "head.block.0.weight")
     load_backbone_weights(net, resnet50_file)
     saved = mx.nd.load(str(resnet50_file))
-    backbone = [n for n in net._collect_params_with_prefix() if n.split(".")[0] in models.BACKBONE_BLOCKS]
+    backbone = [n for n in parameters_by_name(net) if n.split(".")[0] in models.BACKBONE_BLOCKS]
     assert len(backbone) == len(saved) - 2  # everything but the classifier fc.weight / fc.bias
     for name in backbone:
         np.testing.assert_array_equal(array(net, name), saved[name].asnumpy())
@@ -196,18 +196,29 @@ def test_load_backbone_weights_refuses_a_file_that_is_no_parameter_file(tmp_path
 # --- copying and loading whole networks ----------------------------------------------------------------
 
 
-def test_copy_parameters_between_sizes_and_without_aux():
+def test_load_parameters_between_sizes_and_without_aux(tmp_path):
+    """What validation does each epoch: a training net's file (crop size, aux head) into the working-size
+    net without the aux head."""
     training = seeded_network("deeplab", size=32, aux=True)
+    training.save_parameters(str(tmp_path / "training.params"))
     mx.random.seed(99)
     inference = build_network("deeplab", "resnet50", NUM_CLASSES, size=SIZE, aux=False)
-    copy_parameters(training, inference)
-    for name in inference._collect_params_with_prefix():
+    load_parameters(inference, tmp_path / "training.params")
+    for name in parameters_by_name(inference):
         np.testing.assert_array_equal(array(inference, name), array(training, name))
 
 
-def test_copy_parameters_refuses_another_architecture(shared_network):
-    with pytest.raises(ValueError, match="source network lacks"):
-        copy_parameters(shared_network("fcn"), shared_network("psp"))
+def test_load_parameters_refuses_another_architecture(tmp_path, shared_network):
+    shared_network("fcn").save_parameters(str(tmp_path / "fcn.params"))
+    with pytest.raises(UserError, match=r"fcn.params does not fit the network: it lacks \d+ .*first: head\."):
+        load_parameters(shared_network("psp"), tmp_path / "fcn.params")
+
+
+def test_load_parameters_refuses_a_file_that_is_no_parameter_file(tmp_path, shared_network):
+    bad = tmp_path / "model_best.params"
+    bad.write_bytes(b"\x12\x01\x00\x00\x00\x00\x00\x00 truncated")
+    with pytest.raises(UserError, match="cannot read parameter file .*model_best.params"):
+        load_parameters(shared_network("fcn"), bad)
 
 
 def test_load_parameters_skips_aux_head_and_refuses_other_class_counts(tmp_path, shared_network):
@@ -284,15 +295,16 @@ def test_inference_refuses_sizes_that_are_no_multiple_of_8(shared_network):
         SegmentationInference(shared_network("fcn"), 60, [mx.cpu()])
 
 
-def test_parameters_copied_after_the_engine_is_built_are_used(shared_network):
-    """Validation builds its engine once and copies the training weights in every epoch."""
+def test_parameters_loaded_after_the_engine_is_built_are_used(tmp_path, shared_network):
+    """Validation builds its engine once and loads the training weights in every epoch."""
     mx.random.seed(42)
     target = build_network("fcn", "resnet50", NUM_CLASSES, size=SIZE, aux=False)
     engine = SegmentationInference(target, SIZE, [mx.cpu()])
     image = random_images((SIZE, SIZE))[0]
     before = engine.predict_probabilities([image])[0]
     source = shared_network("fcn")
-    copy_parameters(source, target)
+    source.save_parameters(str(tmp_path / "source.params"))
+    load_parameters(target, tmp_path / "source.params")
     expected = mx.nd.softmax(source(mx.nd.array(models.normalize(image)[None]))[0][0], axis=0).asnumpy()
     after = engine.predict_probabilities([image])[0]
     assert not np.allclose(before, after)

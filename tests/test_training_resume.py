@@ -9,6 +9,7 @@ import pytest
 
 from segmaker import cli
 from segmaker.environment import Paths
+from segmaker.models import parameters_by_name
 from segmaker.outputs import read_metrics
 from segmaker.training import feed as feed_module
 from segmaker.training import validation as validation_module
@@ -95,7 +96,7 @@ def test_validation_uses_exactly_the_weights_saved_as_model_best_on_two_devices(
     original = validation_module.Validator.evaluate
 
     def evaluate(self, *args, **kwargs):
-        params = self._net._collect_params_with_prefix()
+        params = parameters_by_name(self._net)
         validated.append({name: [d.asnumpy() for d in p.list_data()] for name, p in params.items()})
         return original(self, *args, **kwargs)
 

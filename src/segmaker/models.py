@@ -141,12 +141,26 @@ def load_backbone_weights(net: mx.gluon.HybridBlock, params_file: Path) -> None:
     The file's classifier (`fc.*`) has no counterpart and is skipped; a missing backbone parameter or
     a shape that differs is a UserError naming the file.
     """
+    # Only part of `net` is loaded, by structural name, and a file lacking a backbone parameter must be
+    # refused: Gluon's load_parameters(allow_missing=True) would skip it silently, so the file is checked
+    # against the backbone's names, then its arrays set (one read of a file of ~100-170 MB).
     loaded = _load_parameter_file(params_file)
-    backbone = {name: param for name, param in net._collect_params_with_prefix().items()
+    backbone = {name: param for name, param in parameters_by_name(net).items()
                 if name.split(".", 1)[0] in BACKBONE_BLOCKS}
     _check_fit(params_file, backbone, loaded)
     for name, param in backbone.items():
         param.set_data(loaded[name].astype(param.dtype))
+
+
+def parameters_by_name(net: mx.gluon.Block) -> Dict[str, mx.gluon.Parameter]:
+    """`net`'s parameters by structural name (`layer1.0.conv1.weight`, `head.block.4.weight`): the names
+    save_parameters writes and load_parameters matches, the same in every instance of an architecture.
+
+    Gluon 1.x gives these names only through the private `_collect_params_with_prefix` (what its own
+    save_parameters/load_parameters call); the public `collect_params()` is keyed by per-instance prefixes
+    (`fcn0_...`, `fcn1_...`). MXNet 2 made structural names public. The one place segmaker reaches it.
+    """
+    return net._collect_params_with_prefix()
 
 
 def _load_parameter_file(params_file: Path) -> Dict[str, mx.nd.NDArray]:
@@ -185,37 +199,24 @@ def _shape_fits(got: Tuple[int, ...], want: Tuple[int, ...]) -> bool:
     return len(got) == len(want) and all(w in (0, g) for g, w in zip(got, want))
 
 
-def load_parameters(net: mx.gluon.HybridBlock, params_file: Path) -> None:
-    """Load a saved segmentation network's parameters (Gluon `save_parameters` format) into `net`.
+def load_parameters(net: mx.gluon.HybridBlock, params_file: Path,
+                    ctx: Optional[Sequence[mx.Context]] = None) -> None:
+    """Load a saved segmentation network's parameters (Gluon `save_parameters` format) into `net`, cast to
+    its dtypes (on `ctx` when given; it must be where `net`'s parameters already are).
 
-    Parameters of an auxiliary head that `net` does not have are skipped; anything else that does not
-    fit (another algorithm, backbone or class count) is a UserError naming the file.
+    Gluon's `load_parameters` does it; parameters of an auxiliary head that `net` does not have are
+    skipped (`ignore_extra`). Anything else that does not fit (another algorithm, backbone or class count,
+    a file that is no parameter file) is a UserError naming the file and the first parameter at fault;
+    `net` may then hold part of the file.
     """
-    loaded = _load_parameter_file(params_file)
-    params = net._collect_params_with_prefix()
-    _check_fit(params_file, params, loaded)
-    for name, param in params.items():
-        param.set_data(loaded[name].astype(param.dtype))
-
-
-def copy_parameters(src_net: mx.gluon.HybridBlock, dst_net: mx.gluon.HybridBlock) -> None:
-    """Copy every parameter of `dst_net` from the parameter of the same structural name in `src_net`.
-
-    Structural names (`layer1.0.conv1.weight`) do not depend on block prefixes, so this copies between two
-    instances of one architecture built at different sizes, or from a training net with an auxiliary head
-    into an inference net without one. Values are cast to the destination's dtype.
-    """
-    src = src_net._collect_params_with_prefix()
-    dst = dst_net._collect_params_with_prefix()
-    missing = sorted(set(dst) - set(src))
-    if missing:
-        raise ValueError(f"cannot copy parameters: the source network lacks {missing[0]}"
-                         f" (and {len(missing) - 1} more)")
-    for name, param in dst.items():
-        value = src[name].data(src[name].list_ctx()[0])
-        if param.shape and not _shape_fits(value.shape, param.shape):
-            raise ValueError(f"cannot copy parameter {name}: shape {value.shape} != {param.shape}")
-        param.set_data(value.astype(param.dtype))
+    try:
+        net.load_parameters(str(params_file), ctx=ctx, allow_missing=False, ignore_extra=True,
+                            cast_dtype=True, dtype_source="current")
+    except (mx.base.MXNetError, AssertionError, ValueError, OSError) as exc:
+        # Gluon names a parameter by its per-instance name and states its checks as asserts: say it in
+        # structural names, from the file, and keep Gluon's words for a misfit the check does not see.
+        _check_fit(params_file, parameters_by_name(net), _load_parameter_file(params_file))
+        raise UserError(f"cannot load parameter file {params_file}: {_first_line(exc)}") from None
 
 
 # Native scale: neighbouring tiles share a quarter of the working size; their logits are blended with weights

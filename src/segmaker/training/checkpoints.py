@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from segmaker.files import staged_directory
+from segmaker.models import load_parameters
 from segmaker.outputs import History
 from segmaker.training import rng
 from segmaker.training.early_stopping import EarlyStoppingState
@@ -204,7 +205,7 @@ class Checkpointing:
 
     def restore(self, checkpoint: Checkpoint, contexts) -> TrainingState:
         """Parameters, optimizer states, best parameters and generator states of `checkpoint`."""
-        self.net.load_parameters(str(checkpoint.params_file), ctx=contexts, cast_dtype=True)
+        load_parameters(self.net, checkpoint.params_file, ctx=contexts)
         self.trainer.load_states(str(checkpoint.trainer_file))
         if checkpoint.best_params_file.exists():
             shutil.copyfile(str(checkpoint.best_params_file), str(self.best_params))

@@ -148,8 +148,8 @@ def test_a_lock_for_another_python_is_refused_by_name(cpu_image):
     """The GPU lock (Python 3.8) on the CPU base (3.11): the build stops in the deps stage, naming both
     versions. The stages before it come from the cache of the CPU image's build."""
     build = [str(REPO_ROOT / "docker" / "build_image.sh"), "--gpu", "--base", "segmaker-base:bookworm",
-             "--weights", "skip", "--tag", "segmaker:lock-refusal-test"]
-    result = run(build, check=False, timeout=900)
+             "--weights", "skip", "--tag", "segmaker:lock-refusal-test", "--", "--force-rm"]
+    result = run(build, check=False, timeout=900)  # --force-rm: the failed step leaves no stopped container
     output = result.stdout + result.stderr
     assert result.returncode != 0, output[-3000:]
     wanted = "container/requirements-gpu.lock is for Python {}; the base {} has {}".format(

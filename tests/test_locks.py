@@ -6,9 +6,13 @@ source changes without `make lock`: a requirement added, dropped or tightened pa
 itself changed.
 """
 
+import os
 import shlex
 import shutil
 import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List
 
 import pytest
@@ -122,9 +126,14 @@ def test_the_build_lock_satisfies_pyprojects_build_system():
         assert pin is not None and requirement.specifier.contains(pin.version), f"{text}: run `make lock`"
 
 
-def make_lock_commands() -> Dict[str, List[str]]:
-    """The `uv pip compile` commands of `make -n lock`, keyed by the lock each writes, in the form uv records
-    in the header: the program as `uv`, without --quiet (and $(UPGRADE), empty by default)."""
+@dataclass
+class LockCommand:
+    environment: Dict[str, str]  # the variables the recipe sets (UV_SYSTEM_CERTS=1 ...)
+    arguments: List[str]  # as uv records them in the header: `uv pip compile ...`, without --quiet
+
+
+def make_lock_commands() -> Dict[str, LockCommand]:
+    """The `uv pip compile` commands of `make -n lock` ($(UPGRADE) empty), keyed by the lock each writes."""
     make = shutil.which("make")
     if make is None:
         pytest.skip("make is not installed")
@@ -134,8 +143,10 @@ def make_lock_commands() -> Dict[str, List[str]]:
         words = shlex.split(line)
         if "compile" not in words:
             continue
+        environment = dict(word.split("=", 1) for word in words[: words.index("compile")] if "=" in word)
         arguments = [word for word in words[words.index("compile") + 1 :] if word != "--quiet"]
-        commands[arguments[arguments.index("-o") + 1]] = ["uv", "pip", "compile", *arguments]
+        relative = arguments[arguments.index("-o") + 1]
+        commands[relative] = LockCommand(environment, ["uv", "pip", "compile", *arguments])
     return commands
 
 
@@ -143,7 +154,32 @@ def test_each_lock_header_is_the_command_make_lock_runs():
     commands = make_lock_commands()
     assert sorted(commands) == sorted(str(path.relative_to(REPO_ROOT)) for path in LOCKS.values())
     for relative, command in commands.items():
-        assert lock_command(REPO_ROOT / relative) == command, f"{relative} is not what `make lock` writes"
+        assert lock_command(REPO_ROOT / relative) == command.arguments, f"{relative} is not from `make lock`"
+
+
+@pytest.mark.slow
+def test_make_lock_run_again_reproduces_every_lock_byte_for_byte(tmp_path):
+    """The strong form (needs PyPI and uv): `make lock`'s commands, run on a copy of the sources and of the
+    locks' pins, write the locks byte for byte: the same pins, transitive set, hashes and header. (uv keeps
+    the pins of the file it writes to: a new release upstream changes nothing; a new wheel of a pinned
+    version would.)"""
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+    if uv is None:
+        pytest.skip("uv is not installed (pip install -e '.[dev]')")
+    commands = make_lock_commands()
+    (tmp_path / "container").mkdir()
+    for relative in ["pyproject.toml", "container/requirements-build.in"]:
+        shutil.copyfile(REPO_ROOT / relative, tmp_path / relative)
+    for relative, command in commands.items():
+        # Only the pins, no hashes: uv would copy the hashes of the file it rewrites instead of fetching them.
+        pins = read_lock(REPO_ROOT / relative)
+        (tmp_path / relative).write_text("".join(f"{name}=={pin.version}\n" for name, pin in pins.items()))
+        environment = dict(os.environ, **command.environment)
+        result = subprocess.run([uv, *command.arguments[1:], "--quiet"], cwd=tmp_path, env=environment,
+                                capture_output=True, text=True, timeout=600, check=False)
+        assert result.returncode == 0, result.stderr[-3000:]
+        regenerated = (tmp_path / relative).read_text()
+        assert regenerated == (REPO_ROOT / relative).read_text(), f"{relative} differs from `make lock`'s"
 
 
 def test_parse_lock_reads_pins_hashes_and_both_via_forms():

@@ -25,7 +25,6 @@ complete. The `model` channel may bring such a directory or a `model.tar.gz` of 
 
 import json
 import logging
-import os
 import shutil
 import tarfile
 import tempfile
@@ -37,7 +36,7 @@ import mxnet as mx
 
 from segmaker.config import BACKBONES as CONFIG_BACKBONES
 from segmaker.errors import UserError
-from segmaker.files import FILE_MODE, fsync_dir, fsync_file, write_file_atomically
+from segmaker.files import move_into, staged_file
 from segmaker.metrics import class_names_or_default
 from segmaker.models import (
     ALGORITHMS,
@@ -221,11 +220,6 @@ def add_exports(model_dir: Path, *, onnx: bool = True) -> ModelArtifacts:
     return read_model_dir(model.directory)
 
 
-def save_parameters_atomically(net: mx.gluon.HybridBlock, path: Path) -> None:
-    """`net.save_parameters(path)` such that `path` is always either the old file or the complete new one."""
-    write_file_atomically(Path(path), lambda temporary: net.save_parameters(str(temporary)))
-
-
 def _stage_exports(manifest: ModelManifest, params_file: Path, staging: Path, onnx: bool) -> None:
     """model-symbol.json, model-0000.params and (when `onnx`) model.onnx of `params_file`, into `staging`."""
     inference_net = load_network(manifest, params_file)
@@ -285,11 +279,7 @@ def _publish(staging: Path, model_dir: Path, replace_all: bool) -> None:
         for stale in set(_MANAGED_FILES) - set(produced):
             if (model_dir / stale).exists():
                 (model_dir / stale).unlink()
-    for name in sorted(produced, key=lambda n: n == MANIFEST):
-        os.chmod(str(staging / name), FILE_MODE)
-        fsync_file(staging / name)
-        os.replace(str(staging / name), str(model_dir / name))
-    fsync_dir(model_dir)
+    move_into([staging / name for name in sorted(produced, key=lambda n: n == MANIFEST)], model_dir)
 
 
 # model.int8.onnx is managed too: a rewrite of the directory drops the int8 model of the older float one.
@@ -298,29 +288,24 @@ _MANAGED_FILES = (BEST_PARAMS, FINAL_PARAMS, HYPERPARAMETERS, SYMBOL_FILE, EXPOR
 
 
 def record_int8(model_dir: Path, int8_file: Optional[Path], report: Mapping[str, object]) -> None:
-    """Publish `int8_file` as model.int8.onnx (None: remove any older one) and keep `report` in segmaker.json.
+    """Publish a copy of `int8_file` (made anywhere, e.g. in a scratch folder) as model.int8.onnx (None:
+    remove any older one) and keep `report` in segmaker.json.
 
-    The int8 model is renamed in before the manifest is rewritten (itself atomically), as in write_model_dir.
+    Each is written under a hidden temporary name and renamed in (`files.staged_file`), the int8 model
+    before the manifest, as in write_model_dir.
     """
     model_dir = Path(model_dir)
     target = model_dir / INT8_ONNX_FILE
     if int8_file is not None:
-        os.chmod(str(int8_file), 0o644)
-        os.replace(str(int8_file), str(target))
+        with staged_file(target) as temporary:
+            shutil.copyfile(str(int8_file), str(temporary))
     elif target.exists():
         target.unlink()
     manifest_path = model_dir / MANIFEST
     raw = json.loads(manifest_path.read_text(encoding="utf-8"))
     raw["int8"] = dict(report)
-    fd, temporary = tempfile.mkstemp(prefix="." + MANIFEST + ".", dir=str(model_dir))
-    os.close(fd)
-    try:
-        _write_json(Path(temporary), raw)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, str(manifest_path))
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    with staged_file(manifest_path) as temporary:
+        _write_json(temporary, raw)
 
 
 def read_model_dir(path: Path, *, extract_dir: Optional[Path] = None) -> ModelArtifacts:

@@ -15,13 +15,13 @@ previous entry is restored afterwards, so importing this module changes nothing.
 import contextlib
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
 import mxnet as mx
 import numpy as np
+
+from segmaker.files import staged_file
 
 LOG = logging.getLogger(__name__)
 
@@ -72,18 +72,10 @@ def _internal_shapes(symbol: mx.sym.Symbol, input_shape: Tuple[int, ...]) -> Dic
 
 def _export_atomically(symbol, params, input_shape, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    try:
+    with staged_file(path) as temporary:
         mx.onnx.export_model(symbol, params, in_shapes=[input_shape], in_types=[np.float32],
-                             onnx_file_path=tmp_name)
-        _finalize_onnx(tmp_name, ONNX_OPSET)
-        # mkstemp creates the file 0600; the server may run as another user than the training job.
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, str(path))
-    finally:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
+                             onnx_file_path=str(temporary))
+        _finalize_onnx(str(temporary), ONNX_OPSET)
 
 
 def _finalize_onnx(onnx_file: str, opset: int) -> None:

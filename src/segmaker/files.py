@@ -1,5 +1,8 @@
 """Write-then-rename, in one place: a reader (or a crash, or SIGKILL) sees the old file or the complete new
 one, never half of one. Files get explicit modes: a tempfile's 0600 would otherwise reach the model tarball.
+
+`staged_file(path)` for one file, `staged_directory(final)` for a folder written whole, `move_into(files,
+directory)` for files staged elsewhere on the same file system and published together, in order.
 """
 
 import os
@@ -7,27 +10,38 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator, Sequence
 
 FILE_MODE = 0o644
 DIR_MODE = 0o755
 
 
-def write_file_atomically(path: Path, write: Callable[[Path], None], mode: int = FILE_MODE) -> None:
-    """`write(temporary_path)`, then fsync, chmod `mode` and rename it to `path` (same directory)."""
+@contextmanager
+def staged_file(path: Path, mode: int = FILE_MODE) -> Iterator[Path]:
+    """A hidden temporary sibling of `path` to write (`.<name>.<random>`); when the block ends without error
+    it is given `mode`, fsync'ed and renamed to `path`. On any exception, KeyboardInterrupt and SystemExit
+    included, it is removed."""
     path = Path(path)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
     os.close(fd)
+    temporary = Path(name)
     try:
-        write(Path(temporary))
-        os.chmod(temporary, mode)
-        fsync_file(Path(temporary))
-        os.replace(temporary, str(path))
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    fsync_dir(path.parent)
+        yield temporary
+        move_into([temporary], path.parent, mode, names=[path.name])
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def move_into(files: Sequence[Path], directory: Path, mode: int = FILE_MODE,
+              names: Sequence[str] = ()) -> None:
+    """Rename `files` (on `directory`'s file system) into `directory` in the order given, under `names` or
+    their own names, each first given `mode` and fsync'ed; then fsync the directory (the renames)."""
+    for index, source in enumerate(files):
+        os.chmod(str(source), mode)
+        fsync_file(source)
+        os.replace(str(source), str(Path(directory) / (names[index] if names else source.name)))
+    fsync_dir(Path(directory))
 
 
 @contextmanager

@@ -6,13 +6,14 @@ Plots use matplotlib's object API with the Agg canvas (no pyplot, so no process-
 
 import csv
 import json
-import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 
+from segmaker.files import staged_file
 from segmaker.metrics import ConfusionMatrix, class_names_or_default, per_class_scores
 from segmaker.transforms import IGNORE
 
@@ -282,29 +283,16 @@ def _new_figure(width: float, height: float):
 def _save(figure, canvas, path: Path, rect=None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout(rect=rect)
-    temp = path.with_name(path.name + ".tmp")
-    canvas.print_png(str(temp))
-    os.replace(str(temp), str(path))
+    with staged_file(path) as temporary:
+        canvas.print_png(str(temporary))
 
 
-class _atomic_open:
-    """Open `path` for writing under a temporary name; rename into place when the block succeeds."""
-
-    def __init__(self, path: Path, newline: Optional[str] = None):
-        self.path = path
-        self.temp = path.with_name(path.name + ".tmp")
-        self.newline = newline
-
-    def __enter__(self):
-        self.handle = open(str(self.temp), "w", encoding="utf-8", newline=self.newline)
-        return self.handle
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.handle.close()
-        if exc_type is None:
-            os.replace(str(self.temp), str(self.path))
-        else:
-            os.unlink(str(self.temp))
+@contextmanager
+def _atomic_open(path: Path, newline: Optional[str] = None) -> Iterator[TextIO]:
+    """A text file written under a temporary name and renamed to `path` when the block succeeds."""
+    with staged_file(path) as temporary:
+        with open(str(temporary), "w", encoding="utf-8", newline=newline) as handle:
+            yield handle
 
 
 def read_metrics(out_dir: Path) -> List[EpochRecord]:

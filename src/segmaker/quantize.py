@@ -22,8 +22,8 @@ of images) give the agreement only, and the mIOU condition is recorded as not me
 
 import argparse
 import logging
-import os
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -89,39 +89,57 @@ class QuantizationResult:
                 f" {loss_text} on {self.images} images; {self.reason}")
 
 
+class QuantizationStopped(Exception):
+    """The job was asked to stop (SIGTERM) while the int8 model was being made or judged."""
+
+
 def quantize_model_dir(model_dir: Path, samples: Sequence[Sample],
-                       calibration: Optional[Sequence[np.ndarray]] = None) -> QuantizationResult:
+                       calibration: Optional[Sequence[np.ndarray]] = None,
+                       stop: Optional[threading.Event] = None) -> QuantizationResult:
     """Quantize `model_dir/model.onnx`, judge it on `samples`, keep or drop `model.int8.onnx`, record why.
 
     Calibration uses the network inputs of the first MAX_CALIBRATION_IMAGES samples, unless `calibration`
-    gives other 3 x S x S inputs (tests use that to make a badly calibrated model)."""
+    gives other 3 x S x S inputs (tests use that to make a badly calibrated model). `stop` (the job's
+    SIGTERM flag) is looked at between images and after quantizing: QuantizationStopped, nothing published.
+
+    The int8 model is made and judged in a scratch folder outside the model directory, so a stop, an error
+    or a SIGKILL there leaves nothing in model/ (SageMaker uploads whatever it holds); only the publishing
+    copy passes through a hidden temporary name inside it (`artifacts.record_int8`, `files.staged_file`).
+    """
     model = artifacts.read_model_dir(model_dir)
     if model.onnx_file is None:
         raise UserError(f"{model.directory} has no {artifacts.ONNX_FILE} to quantize (the algorithm could not"
                         " be exported, or the job was stopped before the export)")
     if not samples:
         raise UserError("no images to calibrate the int8 model with")
-    float_engine, recorded_inputs = _recording_engine(model.onnx_file, model.manifest.working_size,
-                                                      model.manifest.image_scale)
-    float_masks = float_engine.predict_masks([image for image, _ in samples[:MAX_CALIBRATION_IMAGES]])
+    stop = stop or threading.Event()
+    manifest = model.manifest
+    float_engine, recorded_inputs = _recording_engine(model.onnx_file, manifest.working_size,
+                                                      manifest.image_scale)
+    float_masks = _masks(float_engine, [image for image, _ in samples[:MAX_CALIBRATION_IMAGES]], stop)
     calibration = list(recorded_inputs) if calibration is None else list(calibration)
-    float_masks += float_engine.predict_masks([image for image, _ in samples[MAX_CALIBRATION_IMAGES:]])
-    fd, staged_name = tempfile.mkstemp(prefix=".model.int8.", suffix=".onnx", dir=str(model.directory))
-    os.close(fd)
-    staged = Path(staged_name)
-    try:
-        quantize_onnx(model.onnx_file, staged, calibration)
-        int8_engine = SegmentationInference(None, model.manifest.working_size, [mx.cpu()],
-                                            forward=onnx_forward(staged),
-                                            image_scale=model.manifest.image_scale)
-        int8_masks = int8_engine.predict_masks([image for image, _ in samples])
-        result = judge(float_masks, int8_masks, [mask for _, mask in samples], model.manifest.num_classes)
-        artifacts.record_int8(model.directory, staged if result.kept else None, result.to_json_dict())
-    finally:
-        if staged.exists():
-            staged.unlink()
+    float_masks += _masks(float_engine, [image for image, _ in samples[MAX_CALIBRATION_IMAGES:]], stop)
+    with tempfile.TemporaryDirectory(prefix="segmaker-int8-") as scratch:
+        int8_file = Path(scratch) / artifacts.INT8_ONNX_FILE
+        quantize_onnx(model.onnx_file, int8_file, calibration)
+        int8_engine = SegmentationInference(None, manifest.working_size, [mx.cpu()],
+                                            forward=onnx_forward(int8_file), image_scale=manifest.image_scale)
+        int8_masks = _masks(int8_engine, [image for image, _ in samples], stop)
+        result = judge(float_masks, int8_masks, [mask for _, mask in samples], manifest.num_classes)
+        artifacts.record_int8(model.directory, int8_file if result.kept else None, result.to_json_dict())
     (LOG.info if result.kept else LOG.warning)("%s", result.describe())
     return result
+
+
+def _masks(engine: SegmentationInference, images: Sequence[np.ndarray], stop: threading.Event
+           ) -> List[np.ndarray]:
+    """The engine's masks of `images`, one image at a time so that a stop request is seen between them."""
+    masks = []
+    for image in images:
+        if stop.is_set():
+            raise QuantizationStopped("the job was asked to stop")
+        masks += engine.predict_masks([image])
+    return masks
 
 
 def quantize_onnx(float_file: Path, int8_file: Path, calibration_inputs: Sequence[np.ndarray]) -> None:
@@ -232,9 +250,11 @@ def _miou(masks: Sequence[np.ndarray], labels: Sequence[np.ndarray], num_classes
 
 
 # --- where the images come from ------------------------------------------------------------------------
-def quantize_after_training(paths: Paths, channels: Mapping[str, object], model_dir: Path) -> None:
+def quantize_after_training(paths: Paths, channels: Mapping[str, object], model_dir: Path,
+                            stop: Optional[threading.Event] = None) -> None:
     """The end of a training job: quantize the model just written, judged on the validation split (the
-    train split when there is none). Never fails the job: the float model is already complete."""
+    train split when there is none). Never fails the job: the float model is already complete. A stop
+    request (`stop`, the SIGTERM flag) abandons it, recorded, so the job ends within SageMaker's 120 s."""
     if not int8_enabled():
         LOG.info("int8 quantization skipped: SEGMAKER_QUANTIZE=off")
         return
@@ -248,7 +268,10 @@ def quantize_after_training(paths: Paths, channels: Mapping[str, object], model_
                                    artifacts.read_model_dir(model_dir).manifest.num_classes)
         samples = load_samples([(s.image_path, s.mask_path) for s in find_file_samples(paths, split)],
                                label_map)
-        quantize_model_dir(model_dir, samples)
+        quantize_model_dir(model_dir, samples, stop=stop)
+    except QuantizationStopped:
+        _record_skip(model_dir, "the job was stopped during quantization: run `segmaker quantize MODEL_DIR"
+                                " --calibration DIR` on the extracted model")
     except Exception as exc:  # an optimisation failed; the float model serves
         LOG.warning("int8 quantization failed, serving keeps the float model: %s", exc, exc_info=True)
         _record_skip(model_dir, f"quantization failed: {type(exc).__name__}: {exc}")

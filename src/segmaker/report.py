@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+from segmaker.files import staged_file
+
 REPORT_HTML = "report.html"
 
 _STYLE = """
@@ -67,9 +69,8 @@ def render(report: Report) -> str:
 
 def write(report: Report, path: Path) -> Path:
     """Render `report` to `path` (written under a temporary name, then renamed)."""
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_text(render(report), encoding="utf-8")
-    temp.replace(path)
+    with staged_file(path) as temporary:
+        temporary.write_text(render(report), encoding="utf-8")
     return path
 
 

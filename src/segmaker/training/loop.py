@@ -329,7 +329,7 @@ class _Run:
             return
         log.info("Model written to %s", model_dir)
         if written.onnx_file is not None:
-            quantize_after_training(self.job.paths, self.job.channels, written.directory)
+            quantize_after_training(self.job.paths, self.job.channels, written.directory, self.local_stop)
 
     def _manifest(self, early_stopping: EarlyStoppingState) -> artifacts.ModelManifest:
         config, validated = self.config, early_stopping.best_epoch is not None

@@ -4,6 +4,7 @@ import pytest
 
 from segmaker import environment as env
 from segmaker.errors import UserError
+from segmaker.training.devices import worker_role
 
 
 def write_json(path, value):
@@ -65,7 +66,7 @@ def test_without_input_data_config_every_data_folder_is_a_file_channel(tmp_path)
 
 def test_resource_config_defaults_to_one_host(tmp_path):
     config = env.read_resource_config(env.Paths(tmp_path))
-    summary = (config.current_host, config.rank, config.world_size, config.is_main_host)
+    summary = (config.current_host, config.rank, config.world_size, worker_role(config).is_main)
     assert summary == ("algo-1", 0, 1, True)
 
 
@@ -73,7 +74,7 @@ def test_resource_config_rank_follows_sorted_hosts(tmp_path):
     paths = env.Paths(tmp_path)
     write_json(paths.resource_config_file, {"current_host": "algo-2", "hosts": ["algo-2", "algo-1"]})
     config = env.read_resource_config(paths)
-    assert config.hosts == ["algo-1", "algo-2"] and config.rank == 1 and not config.is_main_host
+    assert config.hosts == ["algo-1", "algo-2"] and config.rank == 1 and not worker_role(config).is_main
 
 
 def test_checkpoint_dir_only_when_configured(tmp_path):

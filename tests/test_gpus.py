@@ -8,7 +8,7 @@ import pytest
 from segmaker import gpus
 from segmaker.environment import ServingSettings, visible_gpu_devices
 from segmaker.serving.server import plan_server
-from segmaker.training import devices
+from segmaker.training import loop
 
 
 @pytest.fixture
@@ -51,5 +51,5 @@ def test_a_child_that_cannot_answer_means_cpu(monkeypatch):
 
 
 def test_training_and_serving_share_the_count():
-    assert devices.visible_gpu_count is gpus.mxnet_gpu_count
+    assert loop.mxnet_gpu_count is gpus.mxnet_gpu_count
     assert gpus.mxnet_gpu_count() == gpus.mxnet_gpu_count_in_child()

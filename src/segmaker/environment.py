@@ -155,10 +155,6 @@ class ResourceConfig:
     def world_size(self) -> int:
         return len(self.hosts)
 
-    @property
-    def is_main_host(self) -> bool:
-        return self.rank == 0
-
 
 def read_resource_config(paths: Paths) -> ResourceConfig:
     if not paths.resource_config_file.exists():

@@ -12,7 +12,6 @@ import mxnet as mx
 
 from segmaker.environment import ResourceConfig
 from segmaker.errors import UserError
-from segmaker.gpus import mxnet_gpu_count as visible_gpu_count  # noqa: F401 (training and serving share it)
 
 
 @dataclass(frozen=True)

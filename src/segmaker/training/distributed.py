@@ -318,9 +318,10 @@ def connect_job(
     job, settings: DistributedSettings, on_peer_failure: FailureHandler
 ) -> "ParameterServerCluster":
     """`connect` for a `TrainingJob`: the kvstore type from its `kvstore` hyperparameter and devices."""
-    from segmaker.training.devices import resolve_kvstore, training_contexts, visible_gpu_count
+    from segmaker.gpus import mxnet_gpu_count
+    from segmaker.training.devices import resolve_kvstore, training_contexts
 
-    gpus = visible_gpu_count() if job.num_gpus is None else job.num_gpus
+    gpus = mxnet_gpu_count() if job.num_gpus is None else job.num_gpus
     contexts = training_contexts(gpus, job.cpu_devices)
     kvstore_type = resolve_kvstore(job.config.kvstore, contexts, job.resources.world_size)
     return connect(job.resources, kvstore_type, settings, on_peer_failure)

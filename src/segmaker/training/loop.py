@@ -18,6 +18,7 @@ import numpy as np
 
 from segmaker import artifacts, metrics, outputs
 from segmaker.data.order import DataOrder, check_divisible, draw_seed
+from segmaker.gpus import mxnet_gpu_count
 from segmaker.outputs import EpochRecord, History
 from segmaker.quantize import quantize_after_training
 from segmaker.training import rng
@@ -27,7 +28,6 @@ from segmaker.training.devices import (
     check_precision,
     resolve_kvstore,
     training_contexts,
-    visible_gpu_count,
     worker_role,
 )
 from segmaker.training.distributed import Cluster
@@ -62,7 +62,7 @@ def train(
     config = job.config
     cluster = cluster or Cluster(worker_role(job.resources))
     role = cluster.role
-    gpus = visible_gpu_count() if job.num_gpus is None else job.num_gpus
+    gpus = mxnet_gpu_count() if job.num_gpus is None else job.num_gpus
     contexts = training_contexts(gpus, job.cpu_devices)
     check_precision(config.precision_dtype, contexts)
     store = CheckpointStore(job.checkpoint_dir, config.to_json_dict()) if job.checkpoint_dir else None

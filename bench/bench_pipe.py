@@ -81,7 +81,7 @@ def bench_parse(workdir: Path, megabytes: int, repeats: int) -> Dict[str, float]
     fifo_dir = workdir / "opt_ml" / "input" / "data"
     fifo_dir.mkdir(parents=True)
     fifo = fifo_dir / "train_0"
-    readers = {"cat": cat_to_null, "read_records": parse_records, "pipe_samples": parse_samples}
+    readers = {"cat": cat_to_null, "read_records": parse_records, "PipeChannel": parse_samples}
     times: Dict[str, List[float]] = {name: [] for name in readers}
     for _ in range(repeats):  # interleaved, so a busy neighbour slows all of them alike
         for name, read in readers.items():

@@ -90,6 +90,24 @@ def test_cpu_devices_must_be_positive(raw):
         env.cpu_device_count({"SEGMAKER_CPU_DEVICES": raw})
 
 
+def test_cpu_syncbn_settings_scale_with_the_devices_and_keep_larger_values():
+    """Workers per device (each CPU context has its own pool), and workspaces and random generators for
+    every device's pass (all CPU contexts share one pool of each): environment.py says why."""
+    assert env.mxnet_cpu_syncbn_environment(2, {}) == {
+        "MXNET_CPU_WORKER_NTHREADS": "8", "MXNET_CPU_TEMP_COPY": "2048", "MXNET_CPU_PARALLEL_RAND_COPY": "8",
+    }
+    mine = {
+        "MXNET_CPU_WORKER_NTHREADS": "2", "MXNET_CPU_TEMP_COPY": "9999", "MXNET_CPU_PARALLEL_RAND_COPY": "x",
+    }
+    settings = env.mxnet_cpu_syncbn_environment(3, mine)
+    assert settings == {
+        "MXNET_CPU_WORKER_NTHREADS": "8", "MXNET_CPU_TEMP_COPY": "9999", "MXNET_CPU_PARALLEL_RAND_COPY": "12",
+    }
+    assert env.mxnet_cpu_syncbn_ready(3, settings)
+    assert not env.mxnet_cpu_syncbn_ready(4, settings)
+    assert not env.mxnet_cpu_syncbn_ready(2, {})
+
+
 def test_serving_settings_from_environment(tmp_path):
     settings = env.read_serving_settings({
         "SAGEMAKER_BIND_TO_PORT": "9000", "SAGEMAKER_MODEL_SERVER_WORKERS": "3",

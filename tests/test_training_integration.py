@@ -72,6 +72,19 @@ def test_two_cpu_devices_split_each_batch(tmp_path, monkeypatch, capsys):
     assert "#quality_metric. host: algo-1, epoch: 0, validation mIOU: " in out
 
 
+def test_syncbn_trains_on_two_cpu_devices_through_segmaker_train(tmp_path):
+    """`segmaker train` exports MXNet's engine settings for SyncBatchNorm before MXNet loads (in this
+    test process MXNet is already loaded, hence a process of its own) and trains with it: without them the
+    job would refuse (test_training_setup.py) or could deadlock (the timeout)."""
+    paths = write_opt_ml(tmp_path, train=8, validation=2,
+                         hyperparameters=dict(FAST, mini_batch_size=4, syncbn="True"))
+    process = run_segmaker(paths, {"SEGMAKER_CPU_DEVICES": "2"})
+    out, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, out[-3000:]
+    assert "syncbn: BatchNorm statistics over the 2 devices' images (SyncBatchNorm)" in out
+    assert "#quality_metric. host: algo-1, epoch: 0, validation mIOU: " in out
+
+
 def test_a_short_run_learns_the_easy_task(tmp_path, monkeypatch):
     """Colour encodes the class: a working loop gets far above the all-background mIOU in under 2 minutes.
 

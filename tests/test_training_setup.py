@@ -58,3 +58,34 @@ def test_pipe_mode_without_num_training_samples_is_a_user_error(tmp_path, train)
     paths.input_data_config_file.write_text(json.dumps(config))
     assert train(paths) == cli.EXIT_USER_ERROR
     assert "num_training_samples is required" in paths.failure_file.read_text()
+
+
+CPU_SYNCBN_SETTINGS = ("MXNET_CPU_WORKER_NTHREADS", "MXNET_CPU_TEMP_COPY", "MXNET_CPU_PARALLEL_RAND_COPY")
+
+
+def test_syncbn_with_a_batch_the_devices_cannot_share_equally_is_a_user_error(tmp_path, train, monkeypatch):
+    """MXNet's SyncBatchNorm averages the devices' statistics with equal weights: 3 images on 2 devices
+    would weigh the lone image as much as the pair."""
+    monkeypatch.setenv("SEGMAKER_CPU_DEVICES", "2")
+    paths = write_opt_ml(tmp_path, train=4, validation=0,
+                         hyperparameters=dict(FAST, syncbn="True", mini_batch_size=3))
+    assert train(paths) == cli.EXIT_USER_ERROR
+    reason = paths.failure_file.read_text()
+    assert "syncbn needs every device to hold as many images: mini_batch_size 3" in reason
+
+
+def test_syncbn_on_cpu_contexts_refuses_an_mxnet_loaded_without_its_settings(tmp_path, train, monkeypatch):
+    """In this process MXNet loaded before `segmaker train` could export the settings (a deadlock risk,
+    tests/test_syncbn_cpu.py): it says so instead of training. Through `segmaker train` in its own process
+    it trains (test_training_integration.py)."""
+    import mxnet  # noqa: F401 - loaded before `segmaker train` runs, as in any test process
+
+    for key in CPU_SYNCBN_SETTINGS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SEGMAKER_CPU_DEVICES", "2")
+    paths = write_opt_ml(tmp_path, train=4, validation=0,
+                         hyperparameters=dict(FAST, syncbn="True", mini_batch_size=4))
+    assert train(paths) == cli.EXIT_INTERNAL_ERROR
+    reason = paths.failure_file.read_text()
+    assert "syncbn over 2 CPU contexts needs MXNet's engine settings" in reason
+    assert "MXNET_CPU_TEMP_COPY" in reason

@@ -105,6 +105,10 @@ def _train(paths: environment.Paths, stop_requested: threading.Event, ended_clus
 
     # Hyperparameter mistakes are reported before the (slow) import of MXNet and GluonCV.
     config = parse_hyperparameters(environment.read_hyperparameters(paths))
+    cpu_devices = environment.cpu_device_count()
+    if config.syncbn and cpu_devices > 1:
+        # MXNet reads its engine settings when it loads, which the import below does.
+        environment.export_mxnet_cpu_syncbn_environment(cpu_devices)
     from segmaker.training import TrainingJob, train
 
     job = TrainingJob(
@@ -113,7 +117,7 @@ def _train(paths: environment.Paths, stop_requested: threading.Event, ended_clus
         channels=environment.read_input_data_config(paths),
         resources=environment.read_resource_config(paths),
         checkpoint_dir=environment.checkpoint_dir(paths),
-        cpu_devices=environment.cpu_device_count(),
+        cpu_devices=cpu_devices,
         mxnet_home=environment.mxnet_home(),
     )
     if job.resources.world_size == 1:

@@ -6,6 +6,7 @@ import time; every reader takes the `Paths` (or an injected dict) so tests can p
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
@@ -215,6 +216,63 @@ def dmlc_environment(
 def set_process_environment(values: Mapping[str, str]) -> None:
     """Export `values` into this process's environment (ps-lite reads them with getenv when it starts)."""
     os.environ.update(values)
+
+
+# MXNet engine settings for SyncBatchNorm over several CPU contexts (`syncbn` with SEGMAKER_CPU_DEVICES > 1).
+# MXNet reads them once, when it loads: `segmaker train` exports them before importing it.
+# SyncBatchNorm (src/operator/contrib/sync_batch_norm-inl.h) blocks each device's call in a barrier until
+# every device's call for that layer has arrived, so no device's call may ever wait for another device's
+# operators. Each GPU has its own temporary workspaces and random generators, but all CPU contexts share
+# one pool of each (src/resource.cc, ResourceManagerImpl::Request), handed out round-robin, each copy an
+# engine variable that orders every operator holding it: two devices' operators on one copy can wait for
+# each other in a cycle through the barrier (the FCN's Dropout on the single default random copy deadlocked
+# its first step). With as many copies as one training pass of all devices requests, the devices' graphs
+# never share a copy (training/epoch.py keeps imperative operators from being queued between the devices'
+# passes). Each CPU context has its own pool of engine workers (threaded_engine_perdevice.cc), and a call
+# waiting in the barrier holds one: DeepLab can have 6 SyncBatchNorms waiting at once on one device (5 ASPP
+# branches and the auxiliary head), one more worker keeps that device's other operators running.
+CPU_SYNCBN_WORKERS_PER_DEVICE = 8
+CPU_SYNCBN_TEMP_COPIES_PER_DEVICE = 1024  # >= 2 x the forward operators of the largest network (382)
+CPU_SYNCBN_RANDOM_COPIES_PER_DEVICE = 4  # >= the Dropout layers of any network (DeepLab: 3)
+
+
+def mxnet_cpu_syncbn_environment(
+    cpu_devices: int, environ: Optional[Mapping[str, str]] = None
+) -> Dict[str, str]:
+    """The MXNET_CPU_* settings SyncBatchNorm over `cpu_devices` CPU contexts needs (see above); a larger
+    value already in the environment is kept."""
+    env = os.environ if environ is None else environ
+    needed = {
+        "MXNET_CPU_WORKER_NTHREADS": CPU_SYNCBN_WORKERS_PER_DEVICE,
+        "MXNET_CPU_TEMP_COPY": CPU_SYNCBN_TEMP_COPIES_PER_DEVICE * cpu_devices,
+        "MXNET_CPU_PARALLEL_RAND_COPY": CPU_SYNCBN_RANDOM_COPIES_PER_DEVICE * cpu_devices,
+    }
+    return {key: str(max(value, _int_or_zero(env.get(key)))) for key, value in needed.items()}
+
+
+def export_mxnet_cpu_syncbn_environment(cpu_devices: int) -> bool:
+    """Export `mxnet_cpu_syncbn_environment` into this process if MXNet has not loaded yet; False if it
+    has (the settings would have no effect, and training refuses syncbn on CPU contexts unless they were
+    there from the start)."""
+    if "mxnet" in sys.modules:
+        return False
+    set_process_environment(mxnet_cpu_syncbn_environment(cpu_devices))
+    return True
+
+
+def mxnet_cpu_syncbn_ready(cpu_devices: int, environ: Optional[Mapping[str, str]] = None) -> bool:
+    """Whether the environment holds the settings of `mxnet_cpu_syncbn_environment` (MXNet only uses them
+    if they were there when it loaded, which `segmaker train` ensures)."""
+    env = os.environ if environ is None else environ
+    needed = mxnet_cpu_syncbn_environment(cpu_devices, {})
+    return all(_int_or_zero(env.get(key)) >= int(value) for key, value in needed.items())
+
+
+def _int_or_zero(raw: Optional[str]) -> int:
+    try:
+        return int(raw or 0)
+    except ValueError:
+        return 0
 
 
 def checkpoint_dir(paths: Paths) -> Optional[Path]:

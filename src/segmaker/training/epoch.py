@@ -109,16 +109,34 @@ def _step(net, trainer, loss_fn: SegmentationLoss, batch_images, batch_masks, co
     """One update from one global batch: the loss normalises by the whole batch's valid pixels and
     trainer.step divides by its size, so the update does not depend on how the batch is split.
     Under float16 AMP the objectives are scaled before the backward (precision.scaled); the inputs and
-    parameters stay float32 (AMP casts inside the operators)."""
+    parameters stay float32 (AMP casts inside the operators).
+
+    The backward runs in two calls: first the loss's, for every device, down to the network's outputs;
+    then the network's, for every device. One call would queue device 1's loss gradient after device 0's
+    network backward, and with SyncBatchNorm on CPU contexts an operator queued between the devices'
+    passes can deadlock them (see environment.mxnet_cpu_syncbn_environment); the gradients are the same."""
     data = gluon.utils.split_and_load(batch_images, contexts, even_split=False)
     labels = gluon.utils.split_and_load(batch_masks.astype(np.float32), contexts, even_split=False)
     with autograd.record():
         outputs = [net(x) for x in data]
-        step_loss = loss_fn(outputs, labels, counts)
+    used = [head for head, _ in loss_fn.heads(outputs[0])]
+    detached = [_detached_heads(output, used) for output in outputs]
+    with autograd.record():
+        step_loss = loss_fn(detached, labels, counts)
         objectives = scaled(step_loss.objectives, trainer)
     autograd.backward(objectives)
+    network_heads = [output[head] for output in outputs for head in used]
+    autograd.backward(network_heads, head_grads=[output[head].grad for output in detached for head in used])
     trainer.step(len(batch_images))
     return step_loss
+
+
+def _detached_heads(output, used: List[int]) -> Tuple[mx.nd.NDArray, ...]:
+    """The network's outputs cut from its graph, those the loss uses collecting their gradient."""
+    heads = tuple(head.detach() for head in output)
+    for index in used:
+        heads[index].attach_grad()
+    return heads
 
 
 def _limited(batches: Iterable[Batch], count: int) -> Iterator[Batch]:

@@ -11,36 +11,15 @@ from typing import List, Optional
 
 import mxnet as mx
 
-from segmaker import artifacts, models
+from segmaker import artifacts, environment, models
 from segmaker.config import TrainingConfig
 from segmaker.environment import Paths
+from segmaker.errors import UserError
 from segmaker.training.job import TrainingJob
 from segmaker.training.precision import FLOAT16, init_mixed_precision
 
 log = logging.getLogger(__name__)
 
-# Why syncbn stays off on CPU contexts (measured with MXNet 1.9.1; see the README's "training step"):
-# SyncBatchNorm (src/operator/contrib/sync_batch_norm-inl.h, SyncBatchNorm::Forward/Backward) blocks each
-# device's call in a Barrier keyed by the layer's prefix until all `ndev` calls have arrived. Each CPU
-# context has its own engine workers (threaded_engine_perdevice.cc, cpu_normal_workers_ by dev_id,
-# MXNET_CPU_WORKER_NTHREADS each), but all CPU contexts share ONE round-robin pool of temporary workspaces
-# (src/resource.cc, ResourceManagerImpl, MXNET_CPU_TEMP_COPY copies; each GPU has its own), each copy an
-# engine variable: a device's next op can wait for the copy held by the other device's op blocked in the
-# barrier. Observed: a 2-layer conv+SyncBatchNorm net on 2 CPU contexts hangs with the defaults and with
-# MXNET_CPU_WORKER_NTHREADS=2 alone, and is exact (gradients within 1e-6 relative of 1-device BatchNorm,
-# hybridized or not) with MXNET_CPU_WORKER_NTHREADS=2 and MXNET_CPU_TEMP_COPY=64 (tests/test_syncbn_cpu.py).
-# The real network does not follow (resnet50 FCN, crop 32, one step through train_one_epoch, 4 workers per
-# device, 4096 copies): hybridized it hangs (one device's SyncBatchNorm forward waits in the barrier, every
-# other worker idle) unless the heads' Dropout rate is 0 -- likely the CPU random resource, also one for all
-# CPU contexts (resource.cc, MXNET_CPU_PARALLEL_RAND_COPY), not verified; and when it runs, the step on 2
-# devices differs from SyncBatchNorm on 1 device by up to 20 % of the update (layer4 convolutions; 1-device
-# SyncBatchNorm and BatchNorm also differ by up to 32 %). Causes not found in the time available. (After
-# that first step device 0's running mean/var read as unchanged on 2 devices with plain BatchNorm too: not
-# SyncBatchNorm's doing.)
-SYNCBN_ON_CPU = (
-    "MXNet 1.9.1's SyncBatchNorm deadlocks over several CPU contexts with our hybridized network and did not"
-    " match 1 device when it ran (see network.py), so it only runs on GPUs"
-)
 MODEL_CHANNEL = "model"
 PRETRAINED_CHANNEL = "pretrained"
 
@@ -50,9 +29,9 @@ def build_training_network(job: TrainingJob, contexts: List[mx.Context]) -> mx.g
     config = job.config
     if config.precision_dtype == FLOAT16:
         init_mixed_precision()  # before the network is built: AMP patches the operators it is made of
-    syncbn_devices = len(contexts) if config.syncbn and contexts[0].device_type == "gpu" else 0
-    if config.syncbn and not syncbn_devices and len(contexts) > 1:
-        log.warning("syncbn is set but training runs on CPU contexts: plain BatchNorm. %s", SYNCBN_ON_CPU)
+    syncbn_devices = len(contexts) if config.syncbn and len(contexts) > 1 else 0
+    if syncbn_devices:
+        _check_syncbn(job, contexts)
     net = models.build_network(
         config.algorithm,
         config.backbone,
@@ -67,6 +46,30 @@ def build_training_network(job: TrainingJob, contexts: List[mx.Context]) -> mx.g
     net.collect_params().reset_ctx(contexts)
     net.hybridize(static_alloc=True, static_shape=True)
     return net
+
+
+def _check_syncbn(job: TrainingJob, contexts: List[mx.Context]) -> None:
+    """SyncBatchNorm's preconditions, GPUs and CPU contexts alike.
+
+    MXNet's SyncBatchNorm averages the devices' means and mean squares with equal weights
+    (sync_batch_norm-inl.h, SharedND::MeanReady), which is the statistic of the whole batch only when every
+    device holds as many images. On CPU contexts it also needs the engine settings of
+    environment.mxnet_cpu_syncbn_environment, or it can deadlock."""
+    devices = len(contexts)
+    per_host = job.config.mini_batch_size // job.resources.world_size
+    if per_host % devices:
+        raise UserError(
+            f"syncbn needs every device to hold as many images: mini_batch_size {job.config.mini_batch_size}"
+            f" gives {per_host} images per host, not a multiple of its {devices} devices; use a multiple of"
+            f" {devices * job.resources.world_size} or syncbn=False"
+        )
+    if contexts[0].device_type == "cpu" and not environment.mxnet_cpu_syncbn_ready(devices):
+        raise RuntimeError(
+            f"syncbn over {devices} CPU contexts needs MXNet's engine settings"
+            f" {environment.mxnet_cpu_syncbn_environment(devices, {})} in the environment before MXNet loads"
+            " (`segmaker train` sets them); without them SyncBatchNorm can deadlock"
+        )
+    log.info("syncbn: BatchNorm statistics over the %d devices' images (SyncBatchNorm)", devices)
 
 
 def freeze_auxiliary_head(net: mx.gluon.HybridBlock) -> None:

@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
@@ -147,6 +147,19 @@ def test_bomb_under_pils_own_threshold_is_refused_by_ours():
 ])
 def test_accept_picks_the_best_supported_type(accept, chosen):
     assert codecs.negotiate(accept) == chosen
+
+
+# Mostly the characters Accept headers are made of, so that many of the drawn headers parse.
+ACCEPT_CHARACTERS = st.sampled_from(list("*/;,=q.0123456789 \"ajsonimgpex-\\\t")) | st.characters()
+
+
+@settings(max_examples=300, deadline=None)
+@given(header=st.text(alphabet=ACCEPT_CHARACTERS, max_size=60))
+def test_any_accept_header_gives_a_supported_type_or_406(header):
+    try:
+        assert codecs.negotiate(header) in codecs.ENCODERS
+    except NotAcceptable as exc:
+        assert "matches no supported type; use one of: image/png" in exc.message
 
 
 @pytest.mark.parametrize("accept", ["text/html", "image/jpeg", "application/json;q=0", "text/*", "*/*;q=0",

@@ -225,12 +225,16 @@ def set_process_environment(values: Mapping[str, str]) -> None:
 # operators. Each GPU has its own temporary workspaces and random generators, but all CPU contexts share
 # one pool of each (src/resource.cc, ResourceManagerImpl::Request), handed out round-robin, each copy an
 # engine variable that orders every operator holding it: two devices' operators on one copy can wait for
-# each other in a cycle through the barrier (the FCN's Dropout on the single default random copy deadlocked
-# its first step). With as many copies as one training pass of all devices requests, the devices' graphs
-# never share a copy (training/epoch.py keeps imperative operators from being queued between the devices'
-# passes). Each CPU context has its own pool of engine workers (threaded_engine_perdevice.cc), and a call
-# waiting in the barrier holds one: DeepLab can have 6 SyncBatchNorms waiting at once on one device (5 ASPP
-# branches and the auxiliary head), one more worker keeps that device's other operators running.
+# each other in a cycle through the barrier. Measured on the FCN (2 CPU contexts, MXNet 1.9.1): its 2
+# Dropouts per device on 1 or 2 random copies (each device then draws the same copies) deadlock the first
+# step -- gdb: one device's SyncBatchNorm forward in the barrier, every other worker idle -- on 4 copies it
+# runs. A hybridized network gets its copies once, when its graph is set up, one device after the other; with
+# as many copies as one pass (forward, or backward) of all devices requests, no copy is held by two devices
+# (and training/epoch.py keeps imperative operators, which draw a copy at every call, from being queued
+# between the devices' passes). Each CPU context has its own pool of engine workers
+# (threaded_engine_perdevice.cc), and a call waiting in the barrier holds one: DeepLab can have 6
+# SyncBatchNorms waiting at once on one device (5 ASPP branches and the auxiliary head), one more worker
+# keeps that device's other operators running.
 CPU_SYNCBN_WORKERS_PER_DEVICE = 8
 CPU_SYNCBN_TEMP_COPIES_PER_DEVICE = 1024  # >= 2 x the forward operators of the largest network (382)
 CPU_SYNCBN_RANDOM_COPIES_PER_DEVICE = 4  # >= the Dropout layers of any network (DeepLab: 3)

@@ -3,6 +3,7 @@ with its own /opt/ml tree and resourceconfig.json, as SageMaker lays them out.""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,17 +60,38 @@ def _kill_leftovers():
         STARTED.pop().kill()
 
 
-# `segmaker train` with GluonCV's Dropout layers made the identity (test harness only): one host draws its
-# devices' dropout masks from one CPU generator in turn, each host from the start of its own, so with dropout
-# two hosts cannot be bit-compared with one host's two devices.
-WITHOUT_DROPOUT = (
-    "import sys; from mxnet.gluon import nn; nn.Dropout.hybrid_forward = lambda self, F, x: x;"
-    " from segmaker import cli; sys.exit(cli.main(['train']))"
-)
+# `segmaker train` under a test harness (test only): without dropout, GluonCV's Dropout layers are the
+# identity (one host draws its devices' dropout masks from one CPU generator in turn, each host from the
+# start of its own, so with dropout two hosts cannot be bit-compared with one host's two devices); with
+# SIGTERM_AT_BATCH, the process sends itself SIGTERM as it hands out that training batch (counted over the
+# whole run), as SageMaker's stop would arrive then.
+HARNESS = """
+import os, signal, sys
+from mxnet.gluon import nn
+from segmaker import cli
+from segmaker.training import feed
+if not {dropout}:
+    nn.Dropout.hybrid_forward = lambda self, F, x: x
+handed_out = [0]
+original = feed.DataFeed.train_batches
+def train_batches(self, *args):
+    for batch in original(self, *args):
+        handed_out[0] += 1
+        if handed_out[0] == {sigterm_at_batch}:
+            os.kill(os.getpid(), signal.SIGTERM)
+        yield batch
+feed.DataFeed.train_batches = train_batches
+sys.exit(cli.main(["train"]))
+"""
 
 
 def start(
-    paths: Paths, host: Optional[str], ports: Dict[str, int], dropout: bool = True, **environ
+    paths: Paths,
+    host: Optional[str],
+    ports: Dict[str, int],
+    dropout: bool = True,
+    sigterm_at_batch: int = 0,
+    **environ,
 ) -> subprocess.Popen:
     env = dict(
         os.environ,
@@ -81,8 +103,11 @@ def start(
     )
     if host is not None:
         env["SEGMAKER_NODE_HOST"] = host
-    log = open(paths.base / "train.log", "wb")  # noqa: SIM115 - closed by the OS when the child ends
-    command = ["-m", "segmaker", "train"] if dropout else ["-c", WITHOUT_DROPOUT]
+    log = open(paths.base / "train.log", "ab")  # noqa: SIM115 - closed by the OS when the child ends
+    if dropout and not sigterm_at_batch:
+        command = ["-m", "segmaker", "train"]
+    else:
+        command = ["-c", HARNESS.format(dropout=dropout, sigterm_at_batch=sigterm_at_batch)]
     process = subprocess.Popen([sys.executable, *command], env=env, stdout=log, stderr=log)
     STARTED.append(process)
     return process
@@ -138,6 +163,52 @@ def test_two_hosts_train_as_one_host_with_two_devices(tmp_path, ports):
     together, single = read_metrics(main.output_data_dir), read_metrics(alone.output_data_dir)
     assert [r.epoch for r in together] == [r.epoch for r in single] == [0]
     assert together[0].train_loss == pytest.approx(single[0].train_loss, rel=1e-5)
+
+
+def test_two_hosts_stopped_and_resumed_end_as_one_host_uninterrupted(tmp_path, ports):
+    """Proves: a SIGTERM to algo-2 alone (as the feed hands out the 4th batch, one ahead of training: the
+    stop lands after iteration 3, inside epoch 1 of 2) stops both hosts at the same iteration, with a
+    checkpoint from algo-1 only; restarted with algo-2's checkpoint folder empty, both hosts fail instead
+    of training from different states, algo-2 saying it holds no checkpoint and algo-1 naming algo-2;
+    with algo-1's checkpoints in both folders (as SageMaker's S3 sync leaves them) both resume and end with
+    the weights and the per-epoch train loss of one host x 2 devices run without a stop (1e-5; BatchNorm's
+    running statistics, and so the validation metrics, stay per device and are not compared)."""
+    hyperparameters = dict(epochs=2)
+    trees = [host_tree(tmp_path / host, host, **hyperparameters) for host in HOSTS]
+    for paths in trees:
+        paths.checkpoints_dir.mkdir()
+    alone = host_tree(tmp_path / "alone", None, **hyperparameters)
+    reference = start(alone, None, ports, dropout=False, SEGMAKER_CPU_DEVICES="2")
+    stopped = [
+        start(trees[0], HOSTS[0], ports, dropout=False),
+        start(trees[1], HOSTS[1], ports, dropout=False, sigterm_at_batch=4),
+    ]
+    assert wait_all(stopped, timeout=900) == [143, 143], [log_of(paths)[-3000:] for paths in trees]
+    saved = sorted(p.name for p in trees[0].checkpoints_dir.iterdir())
+    assert saved[-1].endswith("-iter-000000003") and not any(trees[1].checkpoints_dir.iterdir())
+
+    refused = [start(paths, host, ports, dropout=False) for paths, host in zip(trees, HOSTS)]
+    assert wait_all(refused, timeout=600) == [1, 1], [log_of(paths)[-3000:] for paths in trees]
+    assert "this host (127.0.0.2) holds no checkpoint" in trees[1].failure_file.read_text()
+    assert "host 127.0.0.2 failed: the hosts do not resume" in trees[0].failure_file.read_text()
+
+    for paths in trees:
+        paths.failure_file.unlink()
+    shutil.rmtree(trees[1].checkpoints_dir)
+    shutil.copytree(trees[0].checkpoints_dir, trees[1].checkpoints_dir)
+    resumed = [start(paths, host, ports, dropout=False) for paths, host in zip(trees, HOSTS)]
+    assert wait_all(resumed + [reference], timeout=900) == [0, 0, 0], [
+        log_of(paths)[-3000:] for paths in trees + [alone]
+    ]
+    assert "Resuming from checkpoint" in log_of(trees[1])
+    np.testing.assert_allclose(
+        trained_params_of(trees[0].model_dir / "model_algo-1"),
+        trained_params_of(alone.model_dir / "model_algo-1"),
+        atol=1e-5,
+    )
+    together, single = read_metrics(trees[0].output_data_dir), read_metrics(alone.output_data_dir)
+    assert [r.epoch for r in together] == [r.epoch for r in single] == [0, 1]
+    assert [r.train_loss for r in together] == pytest.approx([r.train_loss for r in single], rel=1e-5)
 
 
 def test_a_host_with_unreadable_data_fails_the_job_on_every_host_with_its_reason(tmp_path, ports):

@@ -145,6 +145,10 @@ class Cluster:
         """Between collectives that all hosts reach (end of validation): a stop asked of any host is asked
         of all."""
 
+    def check_same_checkpoint(self, completed_iterations: Optional[int]) -> None:
+        """Every host must resume from the checkpoint the main host resumes from, or all start afresh
+        (`completed_iterations`: the checkpoint's, None without one)."""
+
     def barrier(self) -> None:
         """Return when every host got here."""
 
@@ -223,6 +227,23 @@ class ParameterServerCluster(Cluster):
         if self.sum_integers("stop", np.array([local_stop.is_set()]))[0]:
             agreed_stop.set()
 
+    def check_same_checkpoint(self, completed_iterations):
+        """SageMaker fills every host's checkpoint folder from the same S3 prefix, so the hosts normally
+        agree. One that resumed from another state (a sync that missed a file, a local run with one copied
+        folder) would train in lockstep from different weights and optimizer states, silently. A host
+        that differs from the first host fails with what it holds; the others go on into their next
+        collective, where its failure notice ends them with its reason (a host failing of its own accord
+        here too would race that notice and the reason could be lost)."""
+        mine = 0 if completed_iterations is None else completed_iterations + 1
+        main = self.broadcast_integer("resume-from", mine)
+        if mine != main:
+            raise UserError(
+                f"the hosts do not resume from the same checkpoint: this host ({self.role.host}) holds"
+                f" {_resume_point(mine)}, the first host {_resume_point(main)}. Every host's"
+                " /opt/ml/checkpoints must hold the same checkpoints (SageMaker syncs them from"
+                " checkpoint_s3_uri); clear or complete this folder and start the job again"
+            )
+
     def barrier(self) -> None:
         self.kvstore._barrier()
 
@@ -239,6 +260,22 @@ class ParameterServerCluster(Cluster):
         self._watch.announce_failure(reason)
         self._watch.stop()
         self._nodes.kill()
+        _abandon_kvstore(self.kvstore)
+
+
+def _abandon_kvstore(kvstore) -> None:
+    """A failed host ends without freeing the native kvstore: its destructor waits at a barrier for every
+    worker (KVStoreDist::~KVStoreDist), which the other hosts, failing too, never reach. Python frees the
+    kvstore as soon as the failure's traceback lets go of the Trainer, before the process can end itself:
+    give the object a null handle (MXKVStoreFree deletes nullptr harmlessly) and leak the native one."""
+    import ctypes
+
+    kvstore.handle = ctypes.c_void_p()
+
+
+def _resume_point(encoded: int) -> str:
+    """check_same_checkpoint's wire value: 0 for no checkpoint, else completed iterations + 1."""
+    return "no checkpoint" if encoded == 0 else f"a checkpoint after iteration {encoded - 1}"
 
 
 def _free_kvstore(kvstore) -> None:
@@ -443,7 +480,10 @@ class PeerWatch:
             return False
 
     def announce_failure(self, reason: str) -> None:
-        """Tell every peer that this host failed and why (best effort: they probe us anyway)."""
+        """Tell every peer that this host failed and why (best effort: they probe us anyway). This host's
+        own reason wins: a peer's notice arriving from now on is ignored (two hosts failing at once would
+        otherwise each end with the other's reason)."""
+        self._failed.acquire(blocking=False)
         message = " ".join(reason.split())[:900]
         for address in self.peers.values():
             self._send(address, f"FAILED {self.host}\t{message}")

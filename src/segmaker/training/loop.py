@@ -67,6 +67,7 @@ def train(
     check_precision(config.precision_dtype, contexts)
     store = CheckpointStore(job.checkpoint_dir, config.to_json_dict()) if job.checkpoint_dir else None
     checkpoint = store.latest() if store else None
+    cluster.check_same_checkpoint(checkpoint.state.completed_iterations if checkpoint else None)
     # Every host must draw its batches from the same order: the main host's seed wins.
     seed = cluster.broadcast_integer("data-seed", data_seed(config.seed, checkpoint))
     order = _data_order(job, cluster, seed)

@@ -9,7 +9,8 @@ the same weights on the same global batch of 4 images with
 and, as reference, the gradient of the same loss through the 1-device network in float64 (SyncBatchNorm
 exists in float32 only; BatchNorm over the whole batch in float64 is what it should compute). Dropout is
 switched off here: the devices draw different masks than one device would. Prints
-{variant: relative L2 distance of its gradient (all trained parameters together) from the float64 reference}.
+{variant: relative L2 distance of its gradient (all trained parameters together) from the float64 reference,
+ and syncbn_2_devices_from_one_device: that of the 2-device syncbn step from the 1-device step}.
 
 `steps N COPIES`: N steps of the 2-device syncbn network, Dropout on, with MXNet's pool of CPU temporary
 workspaces cut to COPIES, so that its round-robin counter passes over every copy within the run (it
@@ -134,10 +135,12 @@ def compare():
         mx.random.seed(3)
         training_network(1, False, None, dropout=False).save_parameters(str(weights))
         reference = float64_gradient(weights)
+        syncbn, one_device = step_gradient(2, True, weights), step_gradient(1, False, weights)
         report = {
-            "syncbn_2_devices": relative_distance(step_gradient(2, True, weights), reference),
-            "one_device": relative_distance(step_gradient(1, False, weights), reference),
+            "syncbn_2_devices": relative_distance(syncbn, reference),
+            "one_device": relative_distance(one_device, reference),
             "batchnorm_per_device_2_devices": relative_distance(step_gradient(2, False, weights), reference),
+            "syncbn_2_devices_from_one_device": relative_distance(syncbn, one_device),
         }
     print(json.dumps(report))
 

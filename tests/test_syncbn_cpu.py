@@ -37,6 +37,7 @@ def test_fcn_step_with_syncbn_on_two_cpu_devices_is_the_one_device_step():
     report = run_check_script("syncbn_fcn_check.py", ["compare"], timeout=300)
     assert report["one_device"] < 0.05, report
     assert report["syncbn_2_devices"] < 0.05, report
+    assert report["syncbn_2_devices_from_one_device"] < 0.05, report
     assert report["batchnorm_per_device_2_devices"] > 0.5, report
 
 

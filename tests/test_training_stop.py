@@ -21,9 +21,26 @@ from tests.synthetic import write_opt_ml
 
 REPO = Path(__file__).resolve().parents[1]
 STOP_BUDGET_SECONDS = 60  # SageMaker SIGKILLs 120 s after SIGTERM; keep half of it spare
-# Many images at a moderate working size: the whole validation takes minutes, one batch (one image) a few
-# seconds, even on a loaded machine (a Python signal handler runs only once MXNet's forward returns).
-VALIDATION_IMAGES = 120
+# The harness hands out each validation batch (one image) SECONDS_PER_VALIDATION_BATCH late, so the whole
+# validation takes longer than twice the budget by construction, whatever the machine's speed; the images
+# themselves are small, so one batch's forward stays short.
+VALIDATION_IMAGES = 50
+SECONDS_PER_VALIDATION_BATCH = 3.0
+# `segmaker train` with the data feed's validation batches delayed; prints when each one is handed out.
+SLOW_VALIDATION_HARNESS = """
+import sys, time
+from segmaker import cli
+from segmaker.training import feed
+original = feed.DataFeed.validation_batches
+def validation_batches(self):
+    for number, batch in enumerate(original(self), 1):
+        time.sleep({seconds})
+        print("harness: validation batch", number, "handed out at", time.monotonic(), flush=True)
+        yield batch
+feed.DataFeed.validation_batches = validation_batches
+sys.exit(cli.main(["train"]))
+"""
+HANDED_OUT = re.compile(r"harness: validation batch (\d+) handed out at ([\d.]+)")
 
 
 class Output:
@@ -52,23 +69,25 @@ class Output:
 
 @pytest.mark.slow
 def test_a_stop_during_a_long_validation_ends_the_job_within_the_budget(tmp_path):
-    """Validation of 120 images at working size 256 on the CPU takes minutes (the test checks that from the
-    images validated before the signal); SIGTERM during it must end the job within 60 s: validation looks
-    at the stop flag between batches, one checkpoint is written, and the model directory without building
-    a network (before, a stop waited for the whole validation, then built and exported the network)."""
+    """SIGTERM during a validation that would take more than twice the 60 s budget (50 images, each handed
+    out 3 s late by a harness around the data feed: 150 s at least, on any machine; the test also checks the
+    delay from the hand-out times it logs) must end the job within 60 s: validation looks at the stop flag
+    between batches, one checkpoint is written, and the model directory without building a network
+    (before, a stop waited for the whole validation, then built and exported the network)."""
+    assert VALIDATION_IMAGES * SECONDS_PER_VALIDATION_BATCH > 2 * STOP_BUDGET_SECONDS
     hyperparameters = {
-        "use_pretrained_model": "False", "crop_size": 32, "base_size": 256, "epochs": 1,
+        "use_pretrained_model": "False", "crop_size": 32, "base_size": 64, "epochs": 1,
         "mini_batch_size": 2, "validation_mini_batch_size": 1, "data_workers": 1, "seed": 3,
     }
     paths = write_opt_ml(tmp_path, train=4, validation=VALIDATION_IMAGES, hyperparameters=hyperparameters)
     paths.checkpoints_dir.mkdir()
-    env = dict(os.environ, SAGEMAKER_BASE_DIR=str(paths.base), PYTHONUNBUFFERED="1")
-    process = subprocess.Popen([sys.executable, "-m", "segmaker", "train"], cwd=str(REPO), env=env,
+    env = dict(os.environ, SAGEMAKER_BASE_DIR=str(paths.base), PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]))
+    harness = SLOW_VALIDATION_HARNESS.format(seconds=SECONDS_PER_VALIDATION_BATCH)
+    process = subprocess.Popen([sys.executable, "-c", harness], cwd=str(REPO), env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = Output(process)
-    output.wait_for("Validating epoch 0", process, timeout=300)
-    validation_started = time.monotonic()
-    time.sleep(10)  # well into validation
+    output.wait_for("harness: validation batch 3 handed out", process, timeout=300)  # well into validation
     signalled = time.monotonic()
     process.send_signal(signal.SIGTERM)
     try:
@@ -84,9 +103,13 @@ def test_a_stop_during_a_long_validation_ends_the_job_within_the_budget(tmp_path
     assert not paths.failure_file.exists()
     assert "validation mIOU" not in log  # the stop came during validation, which never finished
     validated = int(re.search(r"Validation interrupted by the stop request after (\d+) images", log).group(1))
-    whole_validation = VALIDATION_IMAGES * (signalled - validation_started) / max(validated, 1)
-    print(f"{validated} images validated in {signalled - validation_started:.0f} s: the whole validation"
-          f" would have taken about {whole_validation:.0f} s")
+    handed_out = [float(at) for _, at in HANDED_OUT.findall(log)]
+    # Stopped at the first look at the flag after the signal: the batch then handed out is not validated.
+    assert validated >= 2 and len(handed_out) == validated + 1, log
+    seconds_per_batch = (handed_out[-1] - handed_out[0]) / (len(handed_out) - 1)
+    whole_validation = VALIDATION_IMAGES * seconds_per_batch
+    print(f"{len(handed_out)} validation batches handed out, {seconds_per_batch:.1f} s apart: the whole"
+          f" validation would have taken about {whole_validation:.0f} s")
     assert whole_validation > 2 * STOP_BUDGET_SECONDS
     assert log.count("Checkpoint written") == 1, log
     assert (paths.output_data_dir / outputs.METRICS_JSON).is_file()

@@ -25,6 +25,33 @@ def test_amp_dynamic_loss_scaling_through_our_step():
     assert report["scale_after_two_clean_steps"] == 2.0**16
 
 
+def scaler(loss_scale, next_loss_scale, unskipped):
+    return {"loss_scale": loss_scale, "next_loss_scale": next_loss_scale, "unskipped": unskipped}
+
+
+def test_the_dynamic_loss_scale_is_checkpointed_and_restored(tmp_path):
+    """In a fresh process, with MXNet's growth window set to 3 clean steps: a run takes a clean step, an
+    overflow (the scale halves to 2^15, MXNet applying it one step late) and a clean step, is checkpointed,
+    then takes 3 more clean steps (the third window step doubles the scale back to 2^16). A new trainer
+    (its scaler at 2^16) restored from the checkpoint has the checkpointed scale and clean-step count and
+    goes through the same scales and ends with the same weights; without the restore it would double to
+    2^17. A checkpoint written before the scaler was kept (no "loss_scaler" in state.json) still resumes, at
+    2^16."""
+    report = run_check_script("amp_checkpoint_check.py", [str(tmp_path)])
+    checkpointed = scaler(2.0**15, 2.0**15, 1)
+    assert report["before_checkpoint"] == [scaler(2.0**16, 2.0**16, 1), scaler(2.0**16, 2.0**15, 0),
+                                           checkpointed]
+    assert report["uninterrupted"] == [scaler(2.0**15, 2.0**15, 2), scaler(2.0**15, 2.0**16, 0),
+                                       scaler(2.0**16, 2.0**16, 1)]
+    assert report["in_state_json"] == checkpointed
+    assert report["new_trainer"] == scaler(2.0**16, 2.0**16, 0)
+    assert report["restored"] == checkpointed
+    assert report["resumed"] == report["uninterrupted"]
+    assert report["resumed_weights_max_difference"] == 0.0
+    assert report["old_checkpoint_iterations"] == 3
+    assert report["restored_from_old_checkpoint"] == scaler(2.0**16, 2.0**16, 0)
+
+
 def test_float16_is_refused_on_cpu_contexts_with_the_reason():
     with pytest.raises(UserError, match="no float16 matrix product on the CPU"):
         check_precision("float16", [mx.cpu()])

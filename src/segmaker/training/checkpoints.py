@@ -7,11 +7,11 @@ global batches it would have trained: `data.order`), then validates it.
 
 A checkpoint is a directory `checkpoint-<fingerprint>-iter-<NNNNNNNNN>/` holding the network parameters,
 the optimizer states, the best parameters so far and `state.json` (iterations done, early-stopping counters,
-metric history, the hyperparameters, the data seed, Python's and numpy's generator states, and the size of
-every file). It is assembled under a temporary name, every file fsync'ed, then renamed into place
-(`files.staged_directory`), so a reader never sees half a checkpoint on this disk. SageMaker syncs the
-folder to S3 file by file, so a restored folder can still be incomplete: a checkpoint only counts when
-`state.json` exists and every file it lists has the recorded size.
+metric history, the hyperparameters, the data seed, Python's and numpy's generator states, under float16 the
+dynamic loss scaler's state, and the size of every file). It is assembled under a temporary name, every file
+fsync'ed, then renamed into place (`files.staged_directory`), so a reader never sees half a checkpoint on
+this disk. SageMaker syncs the folder to S3 file by file, so a restored folder can still be incomplete: a
+checkpoint only counts when `state.json` exists and every file it lists has the recorded size.
 
 The fingerprint is a hash of the resolved hyperparameters. Resuming needs the same hyperparameters; a
 checkpoint written with others is logged, left alone (never rotated away), and training starts fresh:
@@ -33,6 +33,7 @@ from segmaker.outputs import History
 from segmaker.training import rng
 from segmaker.training.early_stopping import EarlyStoppingState
 from segmaker.training.epoch import EpochStats
+from segmaker.training.precision import LossScalerState, loss_scaler_state, restore_loss_scaler
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class Checkpoint:
     directory: Path
     state: TrainingState
     rng_states: Optional[dict] = None  # Python's and numpy's generators when it was written (training.rng)
+    loss_scaler: Optional[LossScalerState] = None  # float16 only; absent from checkpoints written before
 
     @property
     def params_file(self) -> Path:
@@ -129,7 +131,7 @@ class CheckpointStore:
             trainer.save_states(str(temp / TRAINER_FILE))
             if best_params is not None and best_params.exists():
                 shutil.copyfile(str(best_params), str(temp / BEST_PARAMS_FILE))
-            _write_state(temp, state, rng_states)
+            _write_state(temp, state, rng_states, loss_scaler_state(trainer))
         self._rotate()
         return final
 
@@ -173,9 +175,13 @@ def differing_keys(old: Dict[str, object], new: Dict[str, object]) -> List[str]:
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
-def _write_state(directory: Path, state: TrainingState, rng_states: Optional[dict]) -> None:
+def _write_state(
+    directory: Path, state: TrainingState, rng_states: Optional[dict], loss_scaler: Optional[LossScalerState]
+) -> None:
     sizes = {p.name: p.stat().st_size for p in directory.iterdir()}
     document = {"files": sizes, "state": state.to_json_dict(), "rng": rng_states}
+    if loss_scaler is not None:
+        document["loss_scaler"] = loss_scaler.to_json_dict()
     (directory / STATE_FILE).write_text(json.dumps(document, indent=1), encoding="utf-8")
 
 
@@ -186,7 +192,9 @@ def _read_complete(directory: Path) -> Optional[Checkpoint]:
             if (directory / name).stat().st_size != size:
                 return None
         state = TrainingState.from_json_dict(document["state"])
-        return Checkpoint(directory, state, document.get("rng"))
+        scaler = document.get("loss_scaler")
+        loss_scaler = None if scaler is None else LossScalerState.from_json_dict(scaler)
+        return Checkpoint(directory, state, document.get("rng"), loss_scaler)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -204,9 +212,11 @@ class Checkpointing:
         self._saved: Optional[TrainingState] = None
 
     def restore(self, checkpoint: Checkpoint, contexts) -> TrainingState:
-        """Parameters, optimizer states, best parameters and generator states of `checkpoint`."""
+        """Parameters, optimizer states (and float16's loss scale), best parameters and generator states of
+        `checkpoint`."""
         load_parameters(self.net, checkpoint.params_file, ctx=contexts)
         self.trainer.load_states(str(checkpoint.trainer_file))
+        restore_loss_scaler(self.trainer, checkpoint.loss_scaler)
         if checkpoint.best_params_file.exists():
             shutil.copyfile(str(checkpoint.best_params_file), str(self.best_params))
         if checkpoint.rng_states is not None:

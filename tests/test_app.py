@@ -122,6 +122,36 @@ def test_refusals_carry_status_and_json_error(client, body, content_type, accept
     assert message in response.get_json()["error"]
 
 
+@pytest.fixture(scope="module")
+def default_client(predictor):
+    return create_app(predictor, ServingSettings()).test_client()
+
+
+DEFAULT_LIMIT = 10 * 2**20  # README: SAGEMAKER_MAX_PAYLOAD_IN_MB defaults to 10 (MiB: the settings' bytes)
+
+
+def test_the_default_payload_limit_is_10_mb_and_its_413_names_it(default_client):
+    response = _invoke(default_client, b"\0" * (DEFAULT_LIMIT + 1), "image/png")
+    assert response.status_code == 413
+    assert response.get_json()["error"] == (
+        "the request body has 10485761 bytes, more than the limit of 10485760 bytes"
+        " (SAGEMAKER_MAX_PAYLOAD_IN_MB=10)")
+    at_the_limit = _invoke(default_client, b"\0" * DEFAULT_LIMIT, "image/png")
+    assert at_the_limit.status_code == 400 and "not a JPEG or PNG" in at_the_limit.get_json()["error"]
+
+
+def test_a_chunked_body_over_the_limit_is_413(client):
+    """Without Content-Length (chunked; gunicorn marks such input terminated) the body is read up to the
+    limit + 1 byte, then refused."""
+    over = b"\0" * (int(0.5 * 2**20) + 1)
+    headers = {"Content-Type": "image/png", "Transfer-Encoding": "chunked"}
+    response = client.post("/invocations", input_stream=io.BytesIO(over), headers=headers,
+                           environ_base={"wsgi.input_terminated": True})
+    assert response.status_code == 413
+    assert response.get_json()["error"] == (
+        "the request body is longer than the limit of 524288 bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB=0.5)")
+
+
 def test_unknown_route_and_method_answer_json(client):
     assert client.get("/nope").get_json()["error"]
     response = client.get("/invocations")

@@ -195,6 +195,8 @@ def test_a_batch_transform_pushes_large_images_through_at_the_default_limit(mode
             too_big = session.post(live.url + "/invocations", data=b"\0" * (10 * 2 ** 20 + 1),
                                    headers=headers, timeout=300)
             assert too_big.status_code == 413
+            refusal = too_big.json()["error"]
+            assert "more than the limit of 10485760 bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB=10)" in refusal
             assert session.post(live.url + "/invocations", data=image_bytes(30, 40), headers=headers,
                                 timeout=300).status_code == 200
     finally:

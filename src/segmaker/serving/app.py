@@ -107,16 +107,20 @@ def read_body(req: Request, limit: int) -> bytes:
     """The request body, refused with 413 past `limit` bytes without reading more than limit + 1."""
     declared = req.content_length
     if declared is not None and declared > limit:
-        raise PayloadTooLarge(f"the request body has {declared} bytes, more than the limit of {limit} "
-                              "(SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+        raise _payload_too_large(f"has {declared} bytes, more than", limit)
     try:
         body = req.stream.read(limit + 1)
     except OSError as exc:  # client went away or sent a broken chunked body
         raise BadRequest(f"cannot read the request body: {exc}") from None
-    if len(body) > limit:
-        raise PayloadTooLarge(f"the request body is more than the limit of {limit} bytes "
-                              "(SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+    if len(body) > limit:  # a chunked body: its length is only known by reading
+        raise _payload_too_large("is longer than", limit)
     return body
+
+
+def _payload_too_large(size: str, limit: int) -> PayloadTooLarge:
+    """The 413 naming the limit in bytes and the setting that raises it, with its value (MB = 2^20 bytes)."""
+    return PayloadTooLarge(f"the request body {size} the limit of {limit} bytes"
+                           f" (SAGEMAKER_MAX_PAYLOAD_IN_MB={limit / 2 ** 20:g})")
 
 
 def _whole_if_whole(value: float):

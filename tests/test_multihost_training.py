@@ -37,11 +37,11 @@ HYPERPARAMETERS = {
 }
 
 
-def host_tree(base: Path, host: Optional[str], **hyperparameters) -> Paths:
+def host_tree(base: Path, host: Optional[str], validation: int = 5, **hyperparameters) -> Paths:
     """A host's /opt/ml: the same data everywhere (a FullyReplicated channel); resourceconfig.json names
     the host among HOSTS (none for a one-host job)."""
     paths = write_opt_ml(
-        base, train=8, validation=5, hyperparameters=dict(HYPERPARAMETERS, **hyperparameters)
+        base, train=8, validation=validation, hyperparameters=dict(HYPERPARAMETERS, **hyperparameters)
     )
     if host is not None:
         resources = {"current_host": host, "hosts": HOSTS, "network_interface_name": "lo"}
@@ -64,9 +64,10 @@ def _kill_leftovers():
 # identity (one host draws its devices' dropout masks from one CPU generator in turn, each host from the
 # start of its own, so with dropout two hosts cannot be bit-compared with one host's two devices); with
 # SIGTERM_AT_BATCH, the process sends itself SIGTERM as it hands out that training batch (counted over the
-# whole run), as SageMaker's stop would arrive then.
+# whole run), as SageMaker's stop would arrive then; with VALIDATION_DELAY, each validation batch is handed
+# out that many seconds late (a validation as long as wanted, whatever the machine's speed).
 HARNESS = """
-import os, signal, sys
+import os, signal, sys, time
 from mxnet.gluon import nn
 from segmaker import cli
 from segmaker.training import feed
@@ -81,6 +82,13 @@ def train_batches(self, *args):
             os.kill(os.getpid(), signal.SIGTERM)
         yield batch
 feed.DataFeed.train_batches = train_batches
+original_validation = feed.DataFeed.validation_batches
+def validation_batches(self):
+    for number, batch in enumerate(original_validation(self), 1):
+        time.sleep({validation_delay})
+        print("harness: validation batch", number, flush=True)
+        yield batch
+feed.DataFeed.validation_batches = validation_batches
 sys.exit(cli.main(["train"]))
 """
 
@@ -91,6 +99,7 @@ def start(
     ports: Dict[str, int],
     dropout: bool = True,
     sigterm_at_batch: int = 0,
+    validation_delay: float = 0.0,
     **environ,
 ) -> subprocess.Popen:
     env = dict(
@@ -104,10 +113,13 @@ def start(
     if host is not None:
         env["SEGMAKER_NODE_HOST"] = host
     log = open(paths.base / "train.log", "ab")  # noqa: SIM115 - closed by the OS when the child ends
-    if dropout and not sigterm_at_batch:
+    if dropout and not sigterm_at_batch and not validation_delay:
         command = ["-m", "segmaker", "train"]
     else:
-        command = ["-c", HARNESS.format(dropout=dropout, sigterm_at_batch=sigterm_at_batch)]
+        harness = HARNESS.format(
+            dropout=dropout, sigterm_at_batch=sigterm_at_batch, validation_delay=validation_delay
+        )
+        command = ["-c", harness]
     process = subprocess.Popen([sys.executable, *command], env=env, stdout=log, stderr=log)
     STARTED.append(process)
     return process
@@ -253,6 +265,30 @@ def test_sigterm_to_every_host_stops_them_at_the_same_iteration(tmp_path, ports)
     assert time.monotonic() - stopped < 120
     assert (trees[0].model_dir / "model_algo-1").is_file()
     assert not any(paths.failure_file.exists() for paths in trees)
+
+
+def test_sigterm_during_a_long_validation_stops_every_host_within_the_budget(tmp_path, ports):
+    """Proves: a SIGTERM to both hosts during validation ends it on both within one batch (they agree on
+    the stop after each batch) instead of after each host's whole share: each host's share here would take
+    ~150 s (50 one-image batches handed out 3 s late, whatever the machine's speed); both exit 143 within
+    60 s of the signal, no failure file, algo-1 leaving its checkpoint and model directory."""
+    trees = [
+        host_tree(tmp_path / host, host, validation=100, validation_mini_batch_size=1)
+        for host in HOSTS
+    ]
+    for paths in trees:
+        paths.checkpoints_dir.mkdir()
+    jobs = [start(paths, host, ports, validation_delay=3.0) for paths, host in zip(trees, HOSTS)]
+    _wait_for(lambda: all("harness: validation batch 2" in log_of(paths) for paths in trees), timeout=600)
+    for job in jobs:
+        job.send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
+    assert wait_all(jobs, timeout=120) == [143, 143], [log_of(paths)[-3000:] for paths in trees]
+    assert time.monotonic() - stopped < 60
+    assert not any(paths.failure_file.exists() for paths in trees)
+    assert (trees[0].model_dir / "model_algo-1").is_file() and any(trees[0].checkpoints_dir.iterdir())
+    validated = [log_of(paths).count("harness: validation batch") for paths in trees]
+    assert max(validated) < 10, validated
 
 
 def _wait_for(condition, timeout: float) -> None:

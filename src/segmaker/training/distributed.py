@@ -141,6 +141,14 @@ class Cluster:
         ends at the same iteration. On one host the stop flags are one event and nothing is exchanged."""
         yield from batches
 
+    def agreed_validation(
+        self, batches: Iterable, local_stop: threading.Event, agreed_stop: threading.Event
+    ) -> Iterator:
+        """This host's share of the validation `batches`, until every host's share is done or any host is
+        asked to stop: then every host ends its share at once (validation is abandoned everywhere). On one
+        host: `batches` as they are (the validator watches the one stop flag itself)."""
+        yield from batches
+
     def agree_on_stop(self, local_stop: threading.Event, agreed_stop: threading.Event) -> None:
         """Between collectives that all hosts reach (end of validation): a stop asked of any host is asked
         of all."""
@@ -222,6 +230,24 @@ class ParameterServerCluster(Cluster):
             if have < self.role.world_size or stops:
                 return
             yield batch
+
+    def agreed_validation(self, batches, local_stop, agreed_stop):
+        # One small sum per validation batch: a stop is agreed within one batch instead of after the
+        # slowest host's whole share (SageMaker kills the job 120 s after SIGTERM). A host whose share is
+        # done keeps answering until every host's is: the shares may differ by a batch or more.
+        iterator = iter(batches)
+        while True:
+            batch = next(iterator, None)
+            have, stops = self.sum_integers(
+                "validation-step", np.array([batch is not None, local_stop.is_set()])
+            )
+            if stops:
+                agreed_stop.set()
+                return
+            if not have:
+                return
+            if batch is not None:
+                yield batch
 
     def agree_on_stop(self, local_stop, agreed_stop):
         if self.sum_integers("stop", np.array([local_stop.is_set()]))[0]:

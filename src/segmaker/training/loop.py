@@ -253,14 +253,14 @@ class _Run:
     def _validate(self, epoch: int) -> Optional[metrics.ConfusionMatrix]:
         """The epoch's confusion matrix (None without validation data, or when a stop cut it short).
 
-        On one host a stop request interrupts validation between batches. On several hosts `self.stop` only
-        changes where the hosts agree on it (every host must take part in the same sums), so validation
-        runs to its end and a stop asked meanwhile is agreed after it."""
+        A stop request interrupts validation between batches: on several hosts every host's, at the same
+        point (they agree on it after each batch), and none sums its counts."""
         if self.validator is None:
             return None
         log.info("Validating epoch %d", epoch)
         started = time.monotonic()
         with closing(self.feed.validation_batches()) as batches:
+            batches = self.cluster.agreed_validation(batches, self.local_stop, self.stop)
             matrix = self.validator.validate(self.net, batches, self.stop)
         log.info("Epoch %d: validation %.1f s", epoch, time.monotonic() - started)
         if matrix is None:

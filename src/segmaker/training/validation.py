@@ -59,11 +59,14 @@ class Validator:
         done = 0
         for images, masks in batches:
             if stop is not None and stop.is_set():
-                log.info("Validation interrupted by the stop request after %d images", done)
-                return None
+                break
             for predicted, truth in zip(self._inference.predict_masks(images), masks):
                 matrix.update(predicted, truth)
             done += len(images)
+        # Also when `batches` itself ended on the stop (several hosts agree on it between batches).
+        if stop is not None and stop.is_set():
+            log.info("Validation interrupted by the stop request after %d images", done)
+            return None
         return matrix
 
     def predict(self, images: List[np.ndarray]) -> List[np.ndarray]:

@@ -8,6 +8,7 @@ and no AWS call.
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,8 @@ def _sdk_environment(home: Path) -> dict:
     )
     return env
 
+TEARDOWN_SECONDS = 30
+
 
 @pytest.mark.sdk
 @pytest.mark.docker
@@ -43,6 +46,7 @@ def test_fit_deploy_predict_in_local_mode(tmp_path):
         ensure_debian_package("docker-compose", "docker-compose")  # local mode's other way to run compose
     image = ensure_cpu_image()
     python = sdk_python()
+    running_before = _running_containers(image)
 
     paths = write_opt_ml(tmp_path / "tree", train=6, validation=2)
     jpeg = tmp_path / "query.jpg"
@@ -59,6 +63,18 @@ def test_fit_deploy_predict_in_local_mode(tmp_path):
     assert summary["mask_size"] == [67, 41]
     for name in ("model_best.params", "model_algo-1", "hyperparams.json", "segmaker.json"):
         assert name in summary["model_files"], summary["model_files"]
-    # deploy's endpoint was torn down: no container of the image is left running.
-    running = run(["docker", "ps", "--filter", f"ancestor={image}", "--format", "{{.Names}}"]).stdout.split()
-    assert not running, f"containers still running after delete_endpoint: {running}"
+    # deploy's endpoint was torn down: no container of the image that this test started is left running
+    # (docker compose down may take a few seconds to end it; containers of the image that were already
+    # running belong to someone else on this engine).
+    deadline = time.monotonic() + TEARDOWN_SECONDS
+    while True:
+        left = _running_containers(image) - running_before
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert not left, f"containers still running {TEARDOWN_SECONDS} s after delete_endpoint: {sorted(left)}"
+
+
+def _running_containers(image: str) -> set:
+    names = run(["docker", "ps", "--filter", f"ancestor={image}", "--format", "{{.Names}}"]).stdout
+    return set(names.split())

@@ -4,10 +4,19 @@ file:// channels, deploy(1, "local"), predict(jpeg) -> PNG mask, endpoint torn d
 The SDK lives in its own venv (.venv-sdk, tests/sdk_env.py): it needs numpy >= 1.26, MXNet < 1.24. Local
 mode runs the image through docker compose exactly as SageMaker runs it (File mode), with dummy credentials
 and no AWS call.
+
+Also a two-host `fit` (instance_count=2): docker compose starts two containers (algo-1-xxxxx, algo-2-xxxxx)
+with SageMaker's /opt/ml layout and stops the whole job as soon as one container exits, so it passes only if
+both hosts train and neither leaves before the model is written.
+
+The two jobs start together (each its own SDK process, work folder and containers) and each test waits for
+its own: a tiny local-mode job keeps about one CPU core busy at a time (imports, one MXNet engine thread, the
+SDK gzipping model.tar.gz), so on two cores they overlap.
 """
 
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -35,37 +44,79 @@ def _sdk_environment(home: Path) -> dict:
     )
     return env
 
+
 TEARDOWN_SECONDS = 30
+pytestmark = [pytest.mark.sdk, pytest.mark.docker, pytest.mark.slow]
 
 
-@pytest.mark.sdk
-@pytest.mark.docker
-@pytest.mark.slow
-def test_fit_deploy_predict_in_local_mode(tmp_path):
+class Job:
+    """tests/sdk_scripts/local_mode_roundtrip.py running in the background, in the SDK's environment."""
+
+    def __init__(self, python: Path, folder: Path, image: str, *arguments: str, train: int):
+        paths = write_opt_ml(folder / "tree", train=train, validation=2)
+        work = folder / "work"
+        work.mkdir(parents=True)
+        self.output, self.errors = folder / "job.out", folder / "job.err"
+        command = [str(python), str(SCRIPT), "--image", image, "--data", str(paths.data_dir), "--work",
+                   str(work), "--port", str(free_port()), *arguments]
+        # Files, not pipes: nobody reads a pipe while the other job runs, and a full one would block.
+        with self.output.open("w") as output, self.errors.open("w") as errors:
+            self.process = subprocess.Popen(command, env=_sdk_environment(folder), stdout=output,
+                                            stderr=errors)
+
+    def summary(self) -> dict:
+        """The script's JSON summary once it has ended well."""
+        code = self.wait()
+        output = self.output.read_text()
+        errors = self.errors.read_text()
+        assert code == 0, f"local_mode_roundtrip.py exited {code}:\n{(output + errors)[-6000:]}"
+        return json.loads(output.strip().splitlines()[-1])
+
+    def wait(self) -> int:
+        try:
+            return self.process.wait(timeout=1500)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory):
+    """{"one host": fit, deploy, predict a 67 x 41 JPEG; "two hosts": fit only}, started at once."""
     if run(["docker", "compose", "version"], check=False).returncode != 0:
         ensure_debian_package("docker-compose", "docker-compose")  # local mode's other way to run compose
     image = ensure_cpu_image()
     python = sdk_python()
-    running_before = _running_containers(image)
-
-    paths = write_opt_ml(tmp_path / "tree", train=6, validation=2)
-    jpeg = tmp_path / "query.jpg"
+    root = tmp_path_factory.mktemp("sdk")
+    jpeg = root / "query.jpg"
     jpeg.write_bytes(encode_image(make_sample(np.random.default_rng(3), 41, 67, 3)[0]))
-    work = tmp_path / "work"
-    work.mkdir()
+    running_before = _running_containers(image)  # others' on this engine (a shared machine)
+    started = {}
+    try:
+        started["one host"] = Job(python, root / "one-host", image, "--jpeg", str(jpeg), train=6)
+        started["two hosts"] = Job(python, root / "two-hosts", image, "--jpeg", "-", "--instance-count", "2",
+                                   "--fit-only", train=6)
+        yield image, running_before, started
+    finally:
+        for job in started.values():
+            job.stop()
 
-    result = run(
-        [str(python), str(SCRIPT), "--image", image, "--data", str(paths.data_dir), "--work", str(work),
-         "--jpeg", str(jpeg), "--port", str(free_port())],
-        env=_sdk_environment(tmp_path), timeout=1500,
-    )
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+
+def test_fit_deploy_predict_in_local_mode(jobs):
+    image, running_before, started = jobs
+    summary = started["one host"].summary()
     assert summary["mask_size"] == [67, 41]
     for name in ("model_best.params", "model_algo-1", "hyperparams.json", "segmaker.json"):
         assert name in summary["model_files"], summary["model_files"]
-    # deploy's endpoint was torn down: no container of the image that this test started is left running
-    # (docker compose down may take a few seconds to end it; containers of the image that were already
-    # running belong to someone else on this engine).
+    # deploy's endpoint was torn down: no container of the image that this module started is left running
+    # once the two-host job has ended too (docker compose down may take a few seconds to end one; containers
+    # of the image that were already running belong to someone else on this engine).
+    started["two hosts"].wait()
     deadline = time.monotonic() + TEARDOWN_SECONDS
     while True:
         left = _running_containers(image) - running_before
@@ -73,6 +124,13 @@ def test_fit_deploy_predict_in_local_mode(tmp_path):
             break
         time.sleep(1)
     assert not left, f"containers still running {TEARDOWN_SECONDS} s after delete_endpoint: {sorted(left)}"
+
+
+def test_fit_with_two_instances_in_local_mode(jobs):
+    _, _, started = jobs
+    summary = started["two hosts"].summary()
+    for name in ("model_best.params", "model_algo-1", "hyperparams.json", "segmaker.json"):
+        assert name in summary["model_files"], summary["model_files"]
 
 
 def _running_containers(image: str) -> set:

@@ -15,7 +15,7 @@ import zipfile
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, List, Tuple
 
 import numpy as np
 import pytest
@@ -158,14 +158,63 @@ def test_a_lock_for_another_python_is_refused_by_name(cpu_image):
     assert wanted in output, output[-3000:]
 
 
+class Background:
+    """A command running in the background, its output in files (nobody reads a pipe meanwhile)."""
+
+    def __init__(self, command: List[str], folder: Path, **kwargs):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.output, self.errors = folder / "stdout", folder / "stderr"
+        with self.output.open("w") as output, self.errors.open("w") as errors:
+            self.process = subprocess.Popen(command, stdout=output, stderr=errors, text=True, **kwargs)
+
+    def finish(self, timeout: float) -> Tuple[int, str, str]:
+        """(exit code, stdout, stderr) once it has ended."""
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+        return code, self.output.read_text(), self.errors.read_text()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
 @pytest.fixture(scope="module")
-def trained_tree(cpu_image, tmp_path_factory) -> Path:
+def container_trainings(cpu_image, tmp_path_factory) -> Iterator[dict]:
+    """The module's two trainings in the container, started at once (each keeps about one CPU core busy, so
+    on two cores they overlap): "file", `docker run -v TREE:/opt/ml IMAGE train` (one tiny epoch), and
+    "pipe", local_test/pipe_local.sh (FIFOs fed by `segmaker pipe-feed` on the host, read by `train` inside).
+    Each: (the job, its folder)."""
+    root = tmp_path_factory.mktemp("docker_train")
+    paths = write_opt_ml(root / "opt_ml", hyperparameters=TINY_TRAINING)
+    pipe = root / "pipe"
+    source = write_opt_ml(pipe / "source", train=4, validation=2, hyperparameters=TINY_TRAINING)
+    env = dict(os.environ, IMAGE=cpu_image, WORK_DIR=str(pipe / "work"), PYTHON=sys.executable,
+               SPLIT_RECORDS_OVER="1000")
+    jobs = {}
+    try:
+        jobs["file"] = (Background(docker_run_args(cpu_image, "train", volumes=[f"{paths.base}:/opt/ml"]),
+                                   root / "file-log"), paths.base)
+        jobs["pipe"] = (Background([str(REPO_ROOT / "local_test" / "pipe_local.sh"), str(source.base)],
+                                   pipe / "log", env=env), pipe)
+        yield jobs
+    finally:
+        for job, _ in jobs.values():
+            job.stop()
+
+
+@pytest.fixture(scope="module")
+def trained_tree(container_trainings) -> Path:
     """An /opt/ml tree after `docker run -v TREE:/opt/ml IMAGE train` (one tiny epoch)."""
-    paths = write_opt_ml(tmp_path_factory.mktemp("docker_train") / "opt_ml", hyperparameters=TINY_TRAINING)
-    result = run(docker_run_args(cpu_image, "train", volumes=[f"{paths.base}:/opt/ml"]), check=False)
-    failure = paths.failure_file.read_text() if paths.failure_file.exists() else ""
-    assert result.returncode == 0, f"train exited {result.returncode}: {failure}\n{result.stderr[-4000:]}"
-    return paths.base
+    job, base = container_trainings["file"]
+    code, _, errors = job.finish(timeout=1800)
+    failure_file = base / "output" / "failure"
+    failure = failure_file.read_text() if failure_file.exists() else ""
+    assert code == 0, f"train exited {code}: {failure}\n{errors[-4000:]}"
+    return base
 
 
 @pytest.mark.docker
@@ -192,19 +241,16 @@ def test_train_user_error_is_a_failure_reason(cpu_image, tmp_path):
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_pipe_mode_training_in_the_container(cpu_image, tmp_path):
+def test_pipe_mode_training_in_the_container(container_trainings):
     """local_test/pipe_local.sh: FIFOs fed by `segmaker pipe-feed` on the host, read by `train` inside."""
-    source = write_opt_ml(tmp_path / "source", train=4, validation=2, hyperparameters=TINY_TRAINING)
-    env = dict(os.environ, IMAGE=cpu_image, WORK_DIR=str(tmp_path / "work"), PYTHON=sys.executable,
-               SPLIT_RECORDS_OVER="1000")
-    result = subprocess.run([str(REPO_ROOT / "local_test" / "pipe_local.sh"), str(source.base)], env=env,
-                            capture_output=True, text=True, timeout=600, check=False)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    opt_ml = tmp_path / "work" / "opt_ml"
+    job, folder = container_trainings["pipe"]
+    code, output, errors = job.finish(timeout=600)
+    assert code == 0, output[-3000:] + errors[-3000:]
+    opt_ml = folder / "work" / "opt_ml"
     channels = json.loads((opt_ml / "input/config/inputdataconfig.json").read_text())
     assert channels["train"]["TrainingInputMode"] == "Pipe"
     assert (opt_ml / "model" / "model_best.params").is_file()
-    assert "validation mIOU" in result.stdout + result.stderr
+    assert "validation mIOU" in output + errors
 
 
 @pytest.fixture

@@ -66,7 +66,8 @@ def move_validation_to_pipe_mode(tmp_path: Path, paths: Paths) -> Path:
 
 
 def start_feeder(
-    tmp_path: Path, paths: Paths, epochs: int, *extra: str, manifest: str = "train.jsonl"
+    tmp_path: Path, paths: Paths, epochs: int, *extra: str, manifest: str = "train.jsonl",
+    stdout=subprocess.PIPE,
 ) -> subprocess.Popen:
     return subprocess.Popen(
         [
@@ -83,7 +84,7 @@ def start_feeder(
             "300",
             *extra,
         ],
-        stdout=subprocess.PIPE,
+        stdout=stdout,
         stderr=subprocess.STDOUT,
         text=True,
     )
@@ -100,23 +101,27 @@ def metric_values(log: str, name: str) -> List[float]:
     return [float(v) for v in re.findall(rf"epoch: \d+, {name}: ([0-9.]+)", log)]
 
 
-def test_pipe_mode_training_learns_beside_file_mode_validation(tmp_path):
+@pytest.fixture(scope="module", autouse=True)
+def learning_job(tmp_path_factory):
+    """The Pipe-mode learning run, the module's longest job (its feeder and `segmaker train`), started before
+    the module's first test and checked by its last: training keeps about one CPU core busy, so on two cores
+    it runs while the other tests do. (paths, training process, feeder process, the folder of their logs)."""
+    root = tmp_path_factory.mktemp("pipe_learning")
     epochs = LEARNING_HYPERPARAMETERS["epochs"]
-    paths = pipe_job(tmp_path, epochs)
-    feeder = start_feeder(tmp_path, paths, epochs, "--split-records-over", "700")
+    paths = pipe_job(root, epochs)
+    # Logs to files, not pipes: nobody reads a pipe while the other tests run.
+    with (root / "feeder.log").open("w") as feeder_log, (root / "train.log").open("w") as training_log:
+        feeder = start_feeder(root, paths, epochs, "--split-records-over", "700", stdout=feeder_log)
+        training = subprocess.Popen([sys.executable, "-m", "segmaker", "train"], stdout=training_log,
+                                    stderr=subprocess.STDOUT,
+                                    env=dict(os.environ, SAGEMAKER_BASE_DIR=str(paths.base)))
     try:
-        result = run_training(paths)
+        yield paths, training, feeder, root
     finally:
-        feeder.kill()  # no-op when it finished; frees it when training read fewer epochs
-        feeder_log = feeder.communicate()[0]
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-3000:] + "\n--- pipe-feed:\n" + feeder_log
-    assert len(metric_values(log, "validation mIOU")) == epochs  # validation read from files
-    records = read_metrics(paths.output_data_dir)
-    assert max(r.mIOU for r in records) > all_background_miou(paths) + 0.15  # the File-mode run's bar
-    assert records[-1].train_loss < 0.7 * records[0].train_loss
-    assert (paths.model_dir / "model_best.params").exists()
-    assert f"train_{epochs - 1}: wrote {2 * TRAIN_SAMPLES} records" in feeder_log
+        for process in (training, feeder):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def test_train_and_validation_both_in_pipe_mode(tmp_path):
@@ -179,3 +184,22 @@ def test_a_broken_stream_fails_training_with_the_record_and_offset(tmp_path):
 
 def _record(payload: bytes) -> bytes:
     return struct.pack("<II", 0xCED7230A, len(payload)) + payload + b"\0" * (-len(payload) % 4)
+
+
+# Last in the module: its job ran while the tests above did.
+def test_pipe_mode_training_learns_beside_file_mode_validation(learning_job):
+    paths, training, feeder, root = learning_job
+    epochs = LEARNING_HYPERPARAMETERS["epochs"]
+    try:
+        code = training.wait(timeout=900)
+    finally:
+        feeder.kill()  # no-op when it finished; frees it when training read fewer epochs
+        feeder.wait()
+    log, feeder_log = (root / "train.log").read_text(), (root / "feeder.log").read_text()
+    assert code == 0, log[-3000:] + "\n--- pipe-feed:\n" + feeder_log
+    assert len(metric_values(log, "validation mIOU")) == epochs  # validation read from files
+    records = read_metrics(paths.output_data_dir)
+    assert max(r.mIOU for r in records) > all_background_miou(paths) + 0.15  # the File-mode run's bar
+    assert records[-1].train_loss < 0.7 * records[0].train_loss
+    assert (paths.model_dir / "model_best.params").exists()
+    assert f"train_{epochs - 1}: wrote {2 * TRAIN_SAMPLES} records" in feeder_log

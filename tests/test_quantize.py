@@ -99,100 +99,6 @@ def test_quantize_switch_reads_auto_and_off():
         int8_enabled({"SEGMAKER_QUANTIZE": "no"})
 
 
-# --- a trained model ------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(paths, training log) of a short real training run with quantization on."""
-    # Two epochs: the second already scores well above all-background (measured 0.51 vs 0.29 mIOU).
-    hyperparameters = dict(LEARNING_HYPERPARAMETERS, epochs=2, use_pretrained_model="False",
-                           validation_mini_batch_size=2, data_workers=1, seed=3)
-    paths = write_opt_ml(tmp_path_factory.mktemp("int8") / "opt_ml", num_classes=2, train=16, validation=4,
-                         hyperparameters=hyperparameters)
-    env = dict(os.environ, SAGEMAKER_BASE_DIR=str(paths.base), SEGMAKER_QUANTIZE="auto")
-    run = subprocess.run([sys.executable, "-m", "segmaker", "train"], cwd=str(REPO), env=env,
-                         capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return paths, run.stdout + run.stderr
-
-
-def validation_images(paths: Paths):
-    return [np.asarray(Image.open(str(p)).convert("RGB"))
-            for p in sorted(paths.channel_dir("validation").iterdir())]
-
-
-@pytest.mark.slow
-def test_training_keeps_an_int8_model_that_agrees_and_serving_picks_it(trained):
-    """The recorded agreement is re-measured independently: both models served through load_predictor."""
-    paths, log = trained
-    model = artifacts.read_model_dir(paths.model_dir)
-    assert model.int8_onnx_file is not None
-    report = model.manifest.int8
-    assert report["kept"] is True and report["images"] == 4
-    assert report["pixel_agreement"] >= 0.99 and report["mIOU_loss_points"] <= 0.5
-    assert "int8 model kept: pixel agreement with the float model" in log
-
-    int8_predictor = load_predictor(paths.model_dir)
-    assert int8_predictor.engine_name == "onnx-int8"
-    float_predictor = load_predictor(paths.model_dir, engine="onnx")
-    same = total = 0
-    for image in validation_images(paths):
-        a, b = float_predictor.predict_mask(image), int8_predictor.predict_mask(image)
-        same += int((a == b).sum())
-        total += a.size
-    assert same / total == pytest.approx(report["pixel_agreement"])
-    assert os.stat(str(model.int8_onnx_file)).st_mode & 0o777 == 0o644
-
-
-@pytest.mark.slow
-def test_onnx_runtime_runs_the_int8_model_with_int8_kernels(trained, tmp_path):
-    import onnxruntime
-
-    paths, _ = trained
-    options = onnxruntime.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    onnxruntime.InferenceSession(str(paths.model_dir / "model.int8.onnx"), options,
-                                 providers=["CPUExecutionProvider"])
-    import onnx
-
-    ops = collections.Counter(node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
-    assert ops["QLinearConv"] >= 50 and ops["Conv"] == 0 and ops["FusedConv"] == 0
-
-
-@pytest.mark.slow
-def test_quantize_command_and_a_badly_calibrated_model_is_dropped(trained, tmp_path, monkeypatch, capsys):
-    """Both ways on one model: `segmaker quantize` on labelled images keeps it; calibrated on inputs 200x too
-    wide (so every int8 step is far too coarse) it disagrees, is dropped, and the earlier int8 file goes."""
-    paths, _ = trained
-    model_dir = tmp_path / "model"
-    shutil.copytree(str(paths.model_dir), str(model_dir))
-    (model_dir / "model.int8.onnx").unlink()
-    calibration = tmp_path / "calibration"
-    shutil.copytree(str(paths.channel_dir("validation")), str(calibration / "images"))
-    shutil.copytree(str(paths.channel_dir("validation_annotation")), str(calibration / "masks"))
-
-    assert cli.main(["quantize", str(model_dir), "--calibration", str(calibration)]) == 0
-    assert "int8 model kept" in capsys.readouterr().out
-    assert (model_dir / "model.int8.onnx").is_file()
-
-    samples = load_samples([(calibration / "images" / p.name, calibration / "masks" / (p.stem + ".png"))
-                            for p in sorted((calibration / "images").iterdir())],
-                           _label_map(model_dir))
-    size = artifacts.read_model_dir(model_dir).manifest.working_size
-    wide = np.random.default_rng(0).standard_normal((3, size, size)).astype(np.float32) * 200
-    result = quantize_model_dir(model_dir, samples, calibration=[wide])
-    assert not result.kept and "below 99 %" in result.reason
-    assert not (model_dir / "model.int8.onnx").exists()
-    recorded = json.loads((model_dir / "segmaker.json").read_text())["int8"]
-    assert recorded["kept"] is False and recorded["pixel_agreement"] == pytest.approx(result.pixel_agreement)
-    assert load_predictor(model_dir).engine_name == "onnx"
-
-
-def _label_map(model_dir: Path):
-    from segmaker.quantize import _model_label_map
-
-    return _model_label_map(artifacts.read_model_dir(model_dir))
-
-
 def test_quantize_command_refuses_a_model_without_onnx(tmp_path, capsys):
     from tests.serving_model import write_tiny_model_dir
 
@@ -300,3 +206,123 @@ def test_sigterm_to_the_quantize_command_leaves_model_dir_as_it_was(tmp_path):
         if process.poll() is None:
             process.kill()
     assert _listing(model_dir) == before
+
+
+# --- a trained model (last: its training ran while the tests above did) -------------------------------------
+@pytest.fixture(scope="module", autouse=True)
+def training_job(request, tmp_path_factory):
+    """A short real training run with quantization on, for the slow tests at the end of this module: started
+    before the module's first test when any of them is selected (training keeps about one CPU core busy, so
+    on two cores it runs while the tests above do). (paths, process, log file), or None."""
+    if not any("trained" in item.fixturenames for item in request.session.items):
+        yield None
+        return
+    # Two epochs: the second already scores well above all-background (measured 0.51 vs 0.29 mIOU).
+    hyperparameters = dict(LEARNING_HYPERPARAMETERS, epochs=2, use_pretrained_model="False",
+                           validation_mini_batch_size=2, data_workers=1, seed=3)
+    root = tmp_path_factory.mktemp("int8")
+    paths = write_opt_ml(root / "opt_ml", num_classes=2, train=16, validation=4,
+                         hyperparameters=hyperparameters)
+    env = dict(os.environ, SAGEMAKER_BASE_DIR=str(paths.base), SEGMAKER_QUANTIZE="auto")
+    log = root / "train.log"
+    with log.open("w") as output:  # a file, not a pipe: nobody reads a pipe while the other tests run
+        process = subprocess.Popen([sys.executable, "-m", "segmaker", "train"], cwd=str(REPO), env=env,
+                                   stdout=output, stderr=subprocess.STDOUT, text=True)
+    try:
+        yield paths, process, log
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def trained(training_job):
+    """(paths, training log) of that run, once it has ended well."""
+    paths, process, log = training_job
+    try:
+        code = process.wait(timeout=900)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    output = log.read_text()
+    assert code == 0, output[-6000:]
+    return paths, output
+
+
+def validation_images(paths: Paths):
+    return [np.asarray(Image.open(str(p)).convert("RGB"))
+            for p in sorted(paths.channel_dir("validation").iterdir())]
+
+
+@pytest.mark.slow
+def test_training_keeps_an_int8_model_that_agrees_and_serving_picks_it(trained):
+    """The recorded agreement is re-measured independently: both models served through load_predictor."""
+    paths, log = trained
+    model = artifacts.read_model_dir(paths.model_dir)
+    assert model.int8_onnx_file is not None
+    report = model.manifest.int8
+    assert report["kept"] is True and report["images"] == 4
+    assert report["pixel_agreement"] >= 0.99 and report["mIOU_loss_points"] <= 0.5
+    assert "int8 model kept: pixel agreement with the float model" in log
+
+    int8_predictor = load_predictor(paths.model_dir)
+    assert int8_predictor.engine_name == "onnx-int8"
+    float_predictor = load_predictor(paths.model_dir, engine="onnx")
+    same = total = 0
+    for image in validation_images(paths):
+        a, b = float_predictor.predict_mask(image), int8_predictor.predict_mask(image)
+        same += int((a == b).sum())
+        total += a.size
+    assert same / total == pytest.approx(report["pixel_agreement"])
+    assert os.stat(str(model.int8_onnx_file)).st_mode & 0o777 == 0o644
+
+
+@pytest.mark.slow
+def test_onnx_runtime_runs_the_int8_model_with_int8_kernels(trained, tmp_path):
+    import onnxruntime
+
+    paths, _ = trained
+    options = onnxruntime.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    onnxruntime.InferenceSession(str(paths.model_dir / "model.int8.onnx"), options,
+                                 providers=["CPUExecutionProvider"])
+    import onnx
+
+    ops = collections.Counter(node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+    assert ops["QLinearConv"] >= 50 and ops["Conv"] == 0 and ops["FusedConv"] == 0
+
+
+@pytest.mark.slow
+def test_quantize_command_and_a_badly_calibrated_model_is_dropped(trained, tmp_path, monkeypatch, capsys):
+    """Both ways on one model: `segmaker quantize` on labelled images keeps it; calibrated on inputs 200x too
+    wide (so every int8 step is far too coarse) it disagrees, is dropped, and the earlier int8 file goes."""
+    paths, _ = trained
+    model_dir = tmp_path / "model"
+    shutil.copytree(str(paths.model_dir), str(model_dir))
+    (model_dir / "model.int8.onnx").unlink()
+    calibration = tmp_path / "calibration"
+    shutil.copytree(str(paths.channel_dir("validation")), str(calibration / "images"))
+    shutil.copytree(str(paths.channel_dir("validation_annotation")), str(calibration / "masks"))
+
+    assert cli.main(["quantize", str(model_dir), "--calibration", str(calibration)]) == 0
+    assert "int8 model kept" in capsys.readouterr().out
+    assert (model_dir / "model.int8.onnx").is_file()
+
+    samples = load_samples([(calibration / "images" / p.name, calibration / "masks" / (p.stem + ".png"))
+                            for p in sorted((calibration / "images").iterdir())],
+                           _label_map(model_dir))
+    size = artifacts.read_model_dir(model_dir).manifest.working_size
+    wide = np.random.default_rng(0).standard_normal((3, size, size)).astype(np.float32) * 200
+    result = quantize_model_dir(model_dir, samples, calibration=[wide])
+    assert not result.kept and "below 99 %" in result.reason
+    assert not (model_dir / "model.int8.onnx").exists()
+    recorded = json.loads((model_dir / "segmaker.json").read_text())["int8"]
+    assert recorded["kept"] is False and recorded["pixel_agreement"] == pytest.approx(result.pixel_agreement)
+    assert load_predictor(model_dir).engine_name == "onnx"
+
+
+def _label_map(model_dir: Path):
+    from segmaker.quantize import _model_label_map
+
+    return _model_label_map(artifacts.read_model_dir(model_dir))

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Dict, Sequence
 
@@ -19,14 +20,37 @@ def run_check_script(script: str, args: Sequence[str] = (), env: Dict[str, str] 
 
     A non-zero exit (or the timeout: a deadlock counts as a failure) fails the calling test with the tail
     of the script's stderr."""
-    environment = dict(os.environ, **(env or {}))
-    environment["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO)])
-    result = subprocess.run(
-        [sys.executable, str(REPO / "tests" / script), *args],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return CheckScript(script, args, env).report(timeout)
+
+
+class CheckScript:
+    """A check script started in the background (see run_check_script); `report` waits for its JSON."""
+
+    def __init__(self, script: str, args: Sequence[str] = (), env: Dict[str, str] = None):
+        environment = dict(os.environ, **(env or {}))
+        environment["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO)])
+        # Output to temporary files, not pipes: nobody reads a pipe while the script runs in the background.
+        self._stdout, self._stderr = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        self.process = subprocess.Popen([sys.executable, str(REPO / "tests" / script), *args],
+                                        env=environment, stdout=self._stdout, stderr=self._stderr, text=True)
+
+    def report(self, timeout: float):
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise
+        try:
+            self._stdout.seek(0)
+            self._stderr.seek(0)
+            stdout, stderr = self._stdout.read(), self._stderr.read()
+        finally:
+            self._stdout.close()
+            self._stderr.close()
+        assert code == 0, stderr[-3000:]
+        return json.loads(stdout.strip().splitlines()[-1])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()

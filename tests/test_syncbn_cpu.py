@@ -5,7 +5,7 @@ real training step. Each check runs in a fresh process: MXNet reads those settin
 import pytest
 
 from segmaker import environment
-from tests.fresh_process import run_check_script
+from tests.fresh_process import CheckScript, run_check_script
 
 
 @pytest.mark.parametrize("mode", ["imperative", "hybridized"])
@@ -41,17 +41,6 @@ def test_fcn_step_with_syncbn_on_two_cpu_devices_is_the_one_device_step():
     assert report["batchnorm_per_device_2_devices"] > 0.5, report
 
 
-@pytest.mark.slow
-def test_syncbn_on_two_cpu_devices_survives_the_workspace_pool_wrapping_around():
-    """30 steps of the 2-device syncbn FCN with Dropout on, MXNet's CPU temporary workspaces cut to 512 so
-    that its round-robin hand-out passes over every copy within the run. The loss's operators are queued
-    before either device's network backward (epoch._step); with one backward call for both, device 1's
-    loss gradient was queued after device 0's network backward and this run deadlocked by step ~10
-    (measured: no progress within 150 s). A deadlock fails the test through the timeout."""
-    report = run_check_script("syncbn_fcn_check.py", ["steps", "30", "512"], timeout=240)
-    assert report["steps"] == 30
-
-
 @pytest.mark.parametrize("algorithm", ["fcn", "psp", "deeplab"])
 def test_the_cpu_syncbn_settings_cover_the_largest_networks(algorithm):
     """environment.py's bounds on the ResNet-101 networks (auxiliary head, SyncBatchNorm): one device's
@@ -77,3 +66,35 @@ def test_the_cpu_syncbn_settings_cover_the_largest_networks(algorithm):
     assert operators.count("_contrib_SyncBatchNorm") > 100  # the network the job would build
     assert 2 * len(operators) <= environment.CPU_SYNCBN_TEMP_COPIES_PER_DEVICE
     assert operators.count("Dropout") <= environment.CPU_SYNCBN_RANDOM_COPIES_PER_DEVICE
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _wrap_around_started(request):
+    """The 30-step run below (this module's longest check), started before the module's first test when that
+    test is selected: it keeps about one CPU core busy, so on two cores it runs while the tests above do."""
+    if not any("wrap_around_run" in item.fixturenames for item in request.session.items
+               if item.module is request.module):
+        yield None
+        return
+    check = CheckScript("syncbn_fcn_check.py", ["steps", "30", "512"])
+    try:
+        yield check
+    finally:
+        check.stop()
+
+
+@pytest.fixture(scope="module")
+def wrap_around_run(_wrap_around_started) -> CheckScript:
+    return _wrap_around_started
+
+
+# Last in the module: its check ran while the tests above did.
+@pytest.mark.slow
+def test_syncbn_on_two_cpu_devices_survives_the_workspace_pool_wrapping_around(wrap_around_run):
+    """30 steps of the 2-device syncbn FCN with Dropout on, MXNet's CPU temporary workspaces cut to 512 so
+    that its round-robin hand-out passes over every copy within the run. The loss's operators are queued
+    before either device's network backward (epoch._step); with one backward call for both, device 1's
+    loss gradient was queued after device 0's network backward and this run deadlocked by step ~10
+    (measured: no progress within 150 s). A deadlock fails the test through the timeout."""
+    report = wrap_around_run.report(timeout=240)
+    assert report["steps"] == 30

@@ -23,7 +23,26 @@ def run_check_script(script: str, args: Sequence[str] = (), env: Dict[str, str] 
     return CheckScript(script, args, env).report(timeout)
 
 
-class CheckScript:
+class BackgroundProcess:
+    """A process a test starts in the background (output to files, never pipes) and waits for later:
+    `wait` ends it on a timeout, `stop` ends it if it still runs (module teardown)."""
+
+    process: subprocess.Popen
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+class CheckScript(BackgroundProcess):
     """A check script started in the background (see run_check_script); `report` waits for its JSON."""
 
     def __init__(self, script: str, args: Sequence[str] = (), env: Dict[str, str] = None):
@@ -35,11 +54,7 @@ class CheckScript:
                                         env=environment, stdout=self._stdout, stderr=self._stderr, text=True)
 
     def report(self, timeout: float):
-        try:
-            code = self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.stop()
-            raise
+        code = self.wait(timeout)
         try:
             self._stdout.seek(0)
             self._stderr.seek(0)
@@ -49,8 +64,3 @@ class CheckScript:
             self._stderr.close()
         assert code == 0, stderr[-3000:]
         return json.loads(stdout.strip().splitlines()[-1])
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()

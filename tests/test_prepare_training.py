@@ -23,6 +23,7 @@ from PIL import Image
 from segmaker import cli
 from segmaker.environment import Paths
 from segmaker.outputs import read_metrics
+from tests.fresh_process import BackgroundProcess
 from tests.standins import write_folders, write_kitti_road, write_oxford_pets
 
 pytestmark = pytest.mark.slow
@@ -34,7 +35,7 @@ TRAINING = {"use_pretrained_model": "False", "crop_size": "48", "base_size": "48
             "learning_rate": "0.001", "seed": "1", "data_workers": "1"}
 
 
-class TrainingJob:
+class TrainingJob(BackgroundProcess):
     """`segmaker train` on prepared channels, as SageMaker would get them, running in its own process."""
 
     def __init__(self, prepared: Path, base: Path):
@@ -55,19 +56,10 @@ class TrainingJob:
 
     def finished(self) -> Paths:
         """The job's Paths once it has ended well."""
-        try:
-            code = self.process.wait(timeout=900)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            raise
+        code = self.wait(900)
         failure = self.paths.failure_file.read_text() if self.paths.failure_file.exists() else ""
         assert code == 0, failure + self.log.read_text()[-3000:]
         return self.paths
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 @pytest.fixture(scope="module")

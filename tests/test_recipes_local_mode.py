@@ -24,6 +24,7 @@ from PIL import Image
 
 from segmaker import cli
 from tests.docker_helpers import REPO_ROOT, ensure_cpu_image, ensure_debian_package, free_port, run
+from tests.fresh_process import BackgroundProcess
 from tests.sdk_env import sdk_python
 from tests.standins import write_folders, write_kitti_road, write_oxford_pets
 from tests.synthetic import write_opt_ml
@@ -55,7 +56,7 @@ def setup(tmp_path_factory):
     return {"image": ensure_cpu_image(), "python": sdk_python(), "root": root, "builtin": builtin}
 
 
-class Example:
+class Example(BackgroundProcess):
     """One recipe script running in the background; `summary()` waits for it and reads its last line."""
 
     def __init__(self, setup, script: str, data: Path, *extra: str):
@@ -72,19 +73,10 @@ class Example:
                                             cwd=str(REPO_ROOT / "examples"))
 
     def summary(self) -> dict:
-        try:
-            code = self.process.wait(timeout=1200)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            raise
+        code = self.wait(1200)
         output = self.output.read_text()
         assert code == 0, f"{self.script} exited {code}:\n{(output + self.errors.read_text())[-6000:]}"
         return json.loads(output.strip().splitlines()[-1])
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 @pytest.fixture(scope="module")

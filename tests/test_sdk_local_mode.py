@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from tests.docker_helpers import REPO_ROOT, ensure_cpu_image, ensure_debian_package, free_port, run
+from tests.fresh_process import BackgroundProcess
 from tests.sdk_env import sdk_python
 from tests.synthetic import encode_image, make_sample, write_opt_ml
 
@@ -49,7 +50,7 @@ TEARDOWN_SECONDS = 30
 pytestmark = [pytest.mark.sdk, pytest.mark.docker, pytest.mark.slow]
 
 
-class Job:
+class Job(BackgroundProcess):
     """tests/sdk_scripts/local_mode_roundtrip.py running in the background, in the SDK's environment."""
 
     def __init__(self, python: Path, folder: Path, image: str, *arguments: str, train: int):
@@ -66,23 +67,11 @@ class Job:
 
     def summary(self) -> dict:
         """The script's JSON summary once it has ended well."""
-        code = self.wait()
+        code = self.wait(1500)
         output = self.output.read_text()
         errors = self.errors.read_text()
         assert code == 0, f"local_mode_roundtrip.py exited {code}:\n{(output + errors)[-6000:]}"
         return json.loads(output.strip().splitlines()[-1])
-
-    def wait(self) -> int:
-        try:
-            return self.process.wait(timeout=1500)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            raise
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +105,7 @@ def test_fit_deploy_predict_in_local_mode(jobs):
     # deploy's endpoint was torn down: no container of the image that this module started is left running
     # once the two-host job has ended too (docker compose down may take a few seconds to end one; containers
     # of the image that were already running belong to someone else on this engine).
-    started["two hosts"].wait()
+    started["two hosts"].wait(1500)
     deadline = time.monotonic() + TEARDOWN_SECONDS
     while True:
         left = _running_containers(image) - running_before
